@@ -1,0 +1,254 @@
+"""Cost profiles: the graph and the costs the planner minimises (``lightning-split-profile/1``).
+
+A :class:`Profile` is the planner's whole world: nodes in graph order, each with the nodes
+it consumes, the bytes it produces for one training batch and its forward+backward seconds
+on the device and on the server, plus the link between them. It is plain data (no torch),
+so a profile measured on a device can be planned on a laptop.
+
+The JSON form is fixed by ``SPEC.md`` section 2. Unknown fields are kept in ``extra`` and
+written back, so tools can attach module paths, FLOPs or hardware names freely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "lightning-split-profile/1"
+NODE_KINDS = ("input", "op")
+
+
+class ProfileError(ValueError):
+    """A profile is malformed: the message names the node or field and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """The network between device and server.
+
+    Attributes:
+        uplink_bytes_per_s: device to server throughput.
+        downlink_bytes_per_s: server to device throughput.
+        rtt_s: round-trip time of one request/reply exchange.
+    """
+
+    uplink_bytes_per_s: float
+    downlink_bytes_per_s: float
+    rtt_s: float = 0.0
+
+    @classmethod
+    def from_mbps(cls, uplink_mbps: float, downlink_mbps: float | None = None, rtt_ms: float = 0.0) -> Link:
+        """Build a link from megabits per second and milliseconds (downlink defaults to uplink)."""
+        down = uplink_mbps if downlink_mbps is None else downlink_mbps
+        return cls(uplink_mbps * 1e6 / 8, down * 1e6 / 8, rtt_ms / 1e3)
+
+    def validate(self) -> None:
+        for name in ("uplink_bytes_per_s", "downlink_bytes_per_s"):
+            value = getattr(self, name)
+            if not ((value > 0 and math.isfinite(value)) or value == math.inf):
+                raise ProfileError(f"link.{name} must be a positive number of bytes per second, got {value!r}")
+        if not (self.rtt_s >= 0 and math.isfinite(self.rtt_s)):
+            raise ProfileError(f"link.rtt_s must be a finite number of seconds >= 0, got {self.rtt_s!r}")
+
+    @property
+    def seconds_per_byte_round_trip(self) -> float:
+        """Seconds to send one byte one way and its gradient byte back (up + down)."""
+        return 1.0 / self.uplink_bytes_per_s + 1.0 / self.downlink_bytes_per_s
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "uplink_bytes_per_s": self.uplink_bytes_per_s,
+            "downlink_bytes_per_s": self.downlink_bytes_per_s,
+            "rtt_s": self.rtt_s,
+        }
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """One vertex of the cost graph (one torch.fx node).
+
+    Attributes:
+        name: unique node name (the fx node name).
+        kind: ``"input"`` for model inputs (always on the device), ``"op"`` otherwise.
+        inputs: names of the nodes whose outputs this node consumes.
+        out_bytes: bytes of the tensors this node produces for one training batch.
+        device_s: forward + backward seconds on the device for one batch.
+        server_s: forward + backward seconds on the server for one batch.
+        extra: any further fields (module path, op, FLOPs, ...), kept verbatim.
+    """
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    out_bytes: int
+    device_s: float
+    server_s: float
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "inputs": list(self.inputs),
+            "out_bytes": self.out_bytes,
+            "device_s": self.device_s,
+            "server_s": self.server_s,
+        }
+        for key, value in self.extra.items():
+            data.setdefault(key, value)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NodeCost:
+        known = {"name", "kind", "inputs", "out_bytes", "device_s", "server_s"}
+        missing = sorted(known - set(data))
+        if missing:
+            raise ProfileError(f"node {data.get('name', '?')!r} lacks field(s) {', '.join(missing)}")
+        return cls(
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            inputs=tuple(str(i) for i in data["inputs"]),
+            out_bytes=int(data["out_bytes"]),
+            device_s=float(data["device_s"]),
+            server_s=float(data["server_s"]),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+@dataclass
+class Profile:
+    """A model's cost graph plus the link: everything the planner needs.
+
+    Attributes:
+        nodes: nodes in graph order (every node after its inputs).
+        outputs: names of the nodes whose tensors the model returns (they go back to the device).
+        link: the network between device and server.
+        extra: top-level fields beyond the format (batch size, hardware, model name, ...).
+    """
+
+    nodes: list[NodeCost]
+    outputs: list[str]
+    link: Link
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def names(self) -> list[str]:
+        return [node.name for node in self.nodes]
+
+    def node(self, name: str) -> NodeCost:
+        return self._index()[name]
+
+    def _index(self) -> dict[str, NodeCost]:
+        return {node.name: node for node in self.nodes}
+
+    def consumers(self) -> dict[str, list[str]]:
+        """Map each node name to the names of the nodes that consume its output."""
+        users: dict[str, list[str]] = {node.name: [] for node in self.nodes}
+        for node in self.nodes:
+            for source in dict.fromkeys(node.inputs):
+                users[source].append(node.name)
+        return users
+
+    def validate(self) -> None:
+        """Check names, order, kinds and numbers; raise :class:`ProfileError` naming the problem."""
+        self.link.validate()
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.name in seen:
+                raise ProfileError(f"node name {node.name!r} appears twice")
+            if node.kind not in NODE_KINDS:
+                raise ProfileError(f"node {node.name!r} has kind {node.kind!r}; expected one of {NODE_KINDS}")
+            if node.kind == "input" and node.inputs:
+                raise ProfileError(f"input node {node.name!r} must not consume other nodes")
+            for source in node.inputs:
+                if source not in seen:
+                    raise ProfileError(
+                        f"node {node.name!r} consumes {source!r}, which is not an earlier node "
+                        "(nodes must be in graph order, every node after its inputs)"
+                    )
+            if node.out_bytes < 0:
+                raise ProfileError(f"node {node.name!r} has negative out_bytes {node.out_bytes}")
+            for attr in ("device_s", "server_s"):
+                value = getattr(node, attr)
+                if not (value >= 0 and math.isfinite(value)):
+                    raise ProfileError(f"node {node.name!r} has {attr}={value!r}; expected finite seconds >= 0")
+            seen.add(node.name)
+        for name in self.outputs:
+            if name not in seen:
+                raise ProfileError(f"output {name!r} is not a node of the profile")
+
+    def with_link(self, link: Link) -> Profile:
+        """The same graph and node costs over another link."""
+        return Profile(list(self.nodes), list(self.outputs), link, dict(self.extra))
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "link": self.link.to_json(),
+            "nodes": [node.to_json() for node in self.nodes],
+            "outputs": list(self.outputs),
+        }
+        for key, value in self.extra.items():
+            data.setdefault(key, value)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Profile:
+        if not isinstance(data, Mapping):
+            raise ProfileError("a profile must be a JSON object")
+        if data.get("format") != FORMAT:
+            raise ProfileError(f"unknown profile format {data.get('format')!r}; expected {FORMAT!r}")
+        for key in ("link", "nodes", "outputs"):
+            if key not in data:
+                raise ProfileError(f"profile lacks the field {key!r}")
+        link_data = data["link"]
+        try:
+            link = Link(
+                float(link_data["uplink_bytes_per_s"]),
+                float(link_data["downlink_bytes_per_s"]),
+                float(link_data.get("rtt_s", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileError(f"profile link is malformed: {exc!r}") from exc
+        nodes = [NodeCost.from_json(node) for node in data["nodes"]]
+        known = {"format", "link", "nodes", "outputs"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(nodes, [str(o) for o in data["outputs"]], link, extra)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.dumps() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_json(data)
+
+
+def chain_profile(
+    device_s: Iterable[float],
+    server_s: Iterable[float],
+    out_bytes: Iterable[int],
+    link: Link,
+    input_bytes: int = 0,
+) -> Profile:
+    """A straight chain ``x -> n0 -> n1 -> ...`` (the last node is the output); handy in tests and docs."""
+    nodes = [NodeCost("x", "input", (), int(input_bytes), 0.0, 0.0)]
+    previous = "x"
+    for index, (dev, srv, size) in enumerate(zip(device_s, server_s, out_bytes, strict=True)):
+        name = f"n{index}"
+        nodes.append(NodeCost(name, "op", (previous,), int(size), float(dev), float(srv)))
+        previous = name
+    return Profile(nodes, [previous], link)
