@@ -1,0 +1,740 @@
+"""Optimal device/server placement: the minimum s-t cut of a profile's cost graph.
+
+The planner minimises ``T(D, S)`` of ``SPEC.md`` section 1 over feasible placements: every
+``"input"`` node on the device, no edge from the server back to the device, and the user's
+pins respected. Two exact methods solve it, and a few baselines give something to compare to.
+
+``"full"``
+    One minimum s-t cut of the whole graph (:func:`networkx.minimum_cut`), built as follows.
+    The source ``s`` is the device side, the sink ``t`` the server side; a node on the source
+    side of the cut is in ``D``.
+
+    - ``s -> v`` with capacity ``server_s(v)``, plus ``out_bytes(v) * (1/up + 1/down)`` when
+      ``v`` is a model output: cut exactly when ``v`` is in ``S``.
+    - ``v -> t`` with capacity ``device_s(v)``: cut exactly when ``v`` is in ``D``.
+    - for each data edge ``u -> w``, an infinite edge ``w -> u``: a cut with ``u`` in ``S`` and
+      ``w`` in ``D`` is infinite, so finite cuts are exactly the feasible placements.
+    - for each node ``u`` with consumers, ``u -> a_u`` with capacity ``out_bytes(u) * (1/up +
+      1/down)`` and infinite ``a_u -> w`` for each consumer ``w`` (with a single consumer the
+      auxiliary vertex is dropped: ``u -> w`` carries the capacity). If some consumer is in
+      ``S``, ``a_u`` must be on the sink side (else ``a_u -> w`` is cut), so ``u -> a_u`` is cut
+      iff ``u`` is in ``D``; if every consumer is in ``D``, the minimum puts ``a_u`` on the source
+      side for free. Hence the transfer is paid once per tensor, only when it crosses.
+    - input nodes and ``pin_device`` get infinite ``s -> v``; ``pin_server`` infinite ``v -> t``.
+
+    So for every feasible ``D``, the cheapest cut whose source side meets the nodes in ``D`` costs
+    ``T(D, S) - rtt(S)`` where ``rtt(S) = 2 * rtt_s`` if ``S`` is not empty, else 0. The rtt term
+    is not a sum over nodes and is added afterwards: let ``D*`` be the min cut, of value ``c*``.
+    If ``S*`` is empty, ``c* = T(all device) <= cut(D) <= T(D)`` for every ``D``: all-device is
+    optimal. Otherwise every placement with ``S`` non-empty costs ``cut(D) + 2 rtt >= c* + 2 rtt
+    = T(D*)``, and the only placement with ``S`` empty is all-device; so ``min(T(D*), T(all
+    device))`` is the optimum (all-device only when no node is pinned to the server).
+
+    networkx's flow algorithms are not exact with float capacities (round-off can return a
+    wrong partition), so every capacity is an integer number of picoseconds. Both exact methods
+    minimise that same integer objective; :attr:`Plan.predicted_step_s` is recomputed in float
+    from the profile. The flow algorithm is :func:`networkx.algorithms.flow.preflow_push`: on a
+    500-node residual stack it was the fastest of preflow_push, boykov_kolmogorov, dinitz,
+    shortest_augmenting_path and edmonds_karp (see ``_FLOW_FUNC``).
+
+``"blockwise"`` (the default)
+    The same optimum, found by series decomposition. A node ``b`` is a *boundary* when every
+    other node is an ancestor or a descendant of ``b`` and no edge runs from a strict ancestor
+    of ``b`` to a strict descendant. Boundaries form a chain ``b1 < ... < bk`` in graph order
+    (:func:`boundaries`). ``D`` is closed under ancestors, so ``D`` holds a prefix ``b1..bi`` of
+    the chain: all nodes up to ``bi`` are on the device, all from ``b(i+1)`` on the server, and
+    only the segment strictly between them is free. No edge skips a boundary, so the nodes
+    before ``bi`` pay no transfer, the nodes after ``b(i+1)`` pay their server time and return
+    trips only, and every term that depends on the free nodes involves only ``{bi} + segment +
+    {b(i+1)}``. For each ``i`` (plus "``b1`` on the server", the first segment free, and "``bk`` on
+    the device", the last segment free including all-device) the optimum is a prefix device sum,
+    a suffix server sum and the min cut of one small segment graph with ``bi`` pinned to the
+    device and ``b(i+1)`` to the server; the minimum over ``i`` is the global optimum because the
+    cases cover every feasible placement. Candidates are tried in order of a lower bound
+    (prefix + suffix + ``min(device, server)`` per free node) and stop once the bound cannot
+    beat the best found; segments that are plain chains are solved by a linear scan. Graphs
+    without boundaries fall back to one min cut of the whole graph.
+
+Baselines: ``"device_only"``, ``"server_only"`` and ``"best_layerwise"`` (the best feasible prefix
+of the profile order), as defined in ``SPEC.md`` section 1. ``"exhaustive"`` enumerates every
+feasible placement; it is a test oracle for small graphs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+from networkx.algorithms.flow import preflow_push
+
+from lightning_split.profile import Profile
+
+__all__ = [
+    "METHODS",
+    "Breakdown",
+    "Plan",
+    "PlanningError",
+    "baselines",
+    "best_layerwise",
+    "boundaries",
+    "device_only",
+    "exhaustive",
+    "is_feasible",
+    "plan",
+    "server_only",
+    "step_time",
+]
+
+METHODS = ("blockwise", "full", "exhaustive", "device_only", "server_only", "best_layerwise")
+_PICOSECONDS = 1e12
+_FLOW_FUNC = preflow_push
+
+
+class PlanningError(ValueError):
+    """No placement can be planned: conflicting or unknown pins, an unknown method or node name.
+
+    The message names the nodes involved, e.g. ``"conv1 is pinned to the server but its
+    consumer fc is pinned to the device"``.
+    """
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """The five terms of ``T(D, S)`` (``SPEC.md`` section 1), in seconds per training step.
+
+    Attributes:
+        device_s: forward + backward time of the device nodes.
+        server_s: forward + backward time of the server nodes.
+        upload_s: activations crossing the cut plus gradients of server-side model outputs.
+        download_s: gradients of the crossing activations plus server-side model outputs.
+        rtt_s: two round trips (forward and backward) when any node runs on the server.
+    """
+
+    device_s: float
+    server_s: float
+    upload_s: float
+    download_s: float
+    rtt_s: float
+
+    @property
+    def total(self) -> float:
+        """The predicted step time ``T(D, S)``: the sum of the five terms."""
+        return self.device_s + self.server_s + self.upload_s + self.download_s + self.rtt_s
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "device_s": self.device_s,
+            "server_s": self.server_s,
+            "upload_s": self.upload_s,
+            "download_s": self.download_s,
+            "rtt_s": self.rtt_s,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A placement and its predicted cost.
+
+    Attributes:
+        method: how it was found, one of :data:`METHODS`.
+        device: names of the device nodes, in profile order.
+        server: names of the server nodes, in profile order.
+        cut: device nodes with at least one consumer on the server (their outputs cross), in
+            profile order.
+        predicted_step_s: ``T(D, S)`` of the placement, computed in float from the profile.
+        breakdown: the terms of ``predicted_step_s``.
+        solve_s: wall-clock seconds the planning call took.
+    """
+
+    method: str
+    device: tuple[str, ...]
+    server: tuple[str, ...]
+    cut: tuple[str, ...]
+    predicted_step_s: float
+    breakdown: Breakdown
+    solve_s: float
+
+    def to_json(self, baselines: dict[str, float] | None = None) -> dict[str, Any]:
+        """The ``plan --json`` object of ``SPEC.md`` section 3.
+
+        ``baselines`` (see :func:`baselines`) fills the ``"baselines"`` key; without it the key
+        is left out, since a plan alone does not know the costs of the other placements.
+        """
+        data: dict[str, Any] = {
+            "method": self.method,
+            "device": list(self.device),
+            "server": list(self.server),
+            "cut": list(self.cut),
+            "predicted_step_s": self.predicted_step_s,
+            "breakdown": self.breakdown.to_json(),
+        }
+        if baselines is not None:
+            data["baselines"] = dict(baselines)
+        data["solve_s"] = self.solve_s
+        return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Cost model in float (the reference) and feasibility.
+
+
+def _device_mask(profile: Profile, device: Iterable[str]) -> list[bool]:
+    wanted = set(_names(device))
+    unknown = wanted.difference(profile.names)
+    if unknown:
+        raise PlanningError(f"unknown node(s): {', '.join(sorted(unknown))}")
+    return [node.name in wanted for node in profile.nodes]
+
+
+def _breakdown(profile: Profile, on_device: list[bool]) -> Breakdown:
+    index = {node.name: i for i, node in enumerate(profile.nodes)}
+    link = profile.link
+    device_s = server_s = 0.0
+    crossing: set[int] = set()
+    for i, node in enumerate(profile.nodes):
+        if on_device[i]:
+            device_s += node.device_s
+        else:
+            server_s += node.server_s
+            crossing.update(j for j in (index[name] for name in node.inputs) if on_device[j])
+    returned = {index[name] for name in profile.outputs if not on_device[index[name]]}
+    sent = sum(profile.nodes[i].out_bytes for i in crossing) + sum(profile.nodes[i].out_bytes for i in returned)
+    any_server = not all(on_device)
+    return Breakdown(
+        device_s=device_s,
+        server_s=server_s,
+        upload_s=sent / link.uplink_bytes_per_s,
+        download_s=sent / link.downlink_bytes_per_s,
+        rtt_s=2.0 * link.rtt_s if any_server else 0.0,
+    )
+
+
+def step_time(profile: Profile, device: Iterable[str]) -> Breakdown:
+    """Predicted step time of any placement, feasible or not (``T`` of ``SPEC.md`` section 1).
+
+    Parameters:
+        profile: the cost graph and link.
+        device: names of the nodes on the device; every other node is on the server.
+
+    Returns:
+        The :class:`Breakdown`; ``.total`` is ``T(D, S)``. A tensor crossing to the server is
+        charged once however many server nodes consume it; a model output on the device costs
+        nothing to return.
+
+    Raises:
+        PlanningError: a name is not a node of the profile.
+    """
+    return _breakdown(profile, _device_mask(profile, device))
+
+
+def is_feasible(profile: Profile, device: Iterable[str]) -> bool:
+    """Whether a placement can run: every input node on the device and no edge server -> device.
+
+    Raises:
+        PlanningError: a name is not a node of the profile.
+    """
+    on_device = _device_mask(profile, device)
+    index = {node.name: i for i, node in enumerate(profile.nodes)}
+    for i, node in enumerate(profile.nodes):
+        if node.kind == "input" and not on_device[i]:
+            return False
+        if on_device[i] and not all(on_device[index[name]] for name in node.inputs):
+            return False
+    return True
+
+
+def _names(names: Iterable[str]) -> list[str]:
+    # A bare string is one name, not a sequence of one-letter names.
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _make_plan(profile: Profile, method: str, device: Iterable[int], started: float) -> Plan:
+    on_device = [False] * len(profile.nodes)
+    for i in device:
+        on_device[i] = True
+    index = {node.name: i for i, node in enumerate(profile.nodes)}
+    crossing = [False] * len(profile.nodes)
+    for i, node in enumerate(profile.nodes):
+        if not on_device[i]:
+            for name in node.inputs:
+                crossing[index[name]] = True
+    breakdown = _breakdown(profile, on_device)
+    nodes = profile.nodes
+    return Plan(
+        method=method,
+        device=tuple(node.name for i, node in enumerate(nodes) if on_device[i]),
+        server=tuple(node.name for i, node in enumerate(nodes) if not on_device[i]),
+        cut=tuple(node.name for i, node in enumerate(nodes) if on_device[i] and crossing[i]),
+        predicted_step_s=breakdown.total,
+        breakdown=breakdown,
+        solve_s=time.perf_counter() - started,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Integer cost graph shared by the exact methods.
+
+
+class _Costs:
+    """The profile as arrays over graph positions, costs in integer picoseconds.
+
+    ``srv`` includes the return trip of a model output; ``xfer`` is the round trip of a node's
+    output tensor, paid when it crosses the cut.
+    """
+
+    __slots__ = ("consumers", "dev", "inputs", "is_input", "n", "names", "position", "rtt2", "srv", "xfer")
+
+    def __init__(self, profile: Profile) -> None:
+        link = profile.link
+        per_byte = link.seconds_per_byte_round_trip
+        outputs = set(profile.outputs)
+        self.names = [node.name for node in profile.nodes]
+        self.n = len(self.names)
+        self.position = position = {name: i for i, name in enumerate(self.names)}
+        self.inputs: list[tuple[int, ...]] = []
+        self.consumers: list[list[int]] = [[] for _ in range(self.n)]
+        self.dev: list[int] = []
+        self.srv: list[int] = []
+        self.xfer: list[int] = []
+        self.is_input: list[bool] = []
+        for w, node in enumerate(profile.nodes):
+            sources = tuple(dict.fromkeys(position[name] for name in node.inputs))
+            self.inputs.append(sources)
+            for u in sources:
+                self.consumers[u].append(w)
+            trip = round(node.out_bytes * per_byte * _PICOSECONDS)
+            self.dev.append(round(node.device_s * _PICOSECONDS))
+            self.srv.append(round(node.server_s * _PICOSECONDS) + (trip if node.name in outputs else 0))
+            self.xfer.append(trip)
+            self.is_input.append(node.kind == "input")
+        self.rtt2 = round(2.0 * link.rtt_s * _PICOSECONDS)
+
+
+def _resolve_pins(costs: _Costs, pin_device: Iterable[str], pin_server: Iterable[str]) -> tuple[set[int], set[int]]:
+    """Positions of the pinned nodes; raise :class:`PlanningError` if no feasible placement meets them.
+
+    A feasible placement meeting the pins exists iff no node is pinned to both sides, no input
+    is pinned to the server and no server-pinned node is an ancestor of a device-pinned one
+    (then "inputs, device pins and all their ancestors" is one).
+    """
+    device_names, server_names = _names(pin_device), _names(pin_server)
+    unknown = sorted(set(device_names + server_names).difference(costs.position))
+    if unknown:
+        raise PlanningError(f"pinned node(s) not in the profile: {', '.join(unknown)}")
+    on_device = {costs.position[name] for name in device_names}
+    on_server = {costs.position[name] for name in server_names}
+    problems = [f"{costs.names[v]} is pinned to both the device and the server" for v in sorted(on_device & on_server)]
+    problems += [
+        f"{costs.names[v]} is a model input (always on the device) but is pinned to the server"
+        for v in sorted(on_server)
+        if costs.is_input[v]
+    ]
+    # Walk up from the device pins, remembering through which consumer each ancestor was reached.
+    reached_from: dict[int, int] = {v: v for v in on_device}
+    queue = deque(on_device)
+    while queue:
+        w = queue.popleft()
+        for u in costs.inputs[w]:
+            if u not in reached_from:
+                reached_from[u] = w
+                queue.append(u)
+    for u in sorted(on_server - on_device):
+        if u not in reached_from:
+            continue
+        path = [u]
+        while reached_from[path[-1]] != path[-1]:
+            path.append(reached_from[path[-1]])
+        name, pinned = costs.names[u], costs.names[path[-1]]
+        if len(path) == 2:
+            problems.append(f"{name} is pinned to the server but its consumer {pinned} is pinned to the device")
+        else:
+            via = " -> ".join(costs.names[v] for v in path)
+            problems.append(
+                f"{name} is pinned to the server but its descendant {pinned} ({via}) is pinned to the device"
+            )
+    if problems:
+        raise PlanningError("conflicting pins: " + "; ".join(problems))
+    return on_device, on_server
+
+
+def _min_cut(costs: _Costs, lo: int, hi: int, on_device: set[int], on_server: set[int]) -> tuple[int, list[int]]:
+    """Minimum cut of the nodes ``lo..hi`` (see the module docstring): (value, device positions).
+
+    Every node of the range that is not pinned to the server must have all its consumers in the
+    range; a server-pinned node's consumers outside it are ignored (it pays no transfer).
+    """
+    n = costs.n
+    source, sink = -1, -2
+    graph = nx.DiGraph()
+    graph.add_node(source)
+    graph.add_node(sink)
+    add = graph.add_edge
+    for v in range(lo, hi + 1):
+        if v in on_device:
+            add(source, v)
+        elif costs.srv[v]:
+            add(source, v, capacity=costs.srv[v])
+        if v in on_server:
+            add(v, sink)
+            consumers = [w for w in costs.consumers[v] if w <= hi]
+        else:
+            if costs.dev[v]:
+                add(v, sink, capacity=costs.dev[v])
+            consumers = costs.consumers[v]
+        for w in consumers:
+            add(w, v)
+        trip = costs.xfer[v]
+        if trip and consumers and v not in on_server:
+            if len(consumers) == 1:
+                add(v, consumers[0], capacity=trip)
+            else:
+                add(v, n + v, capacity=trip)
+                for w in consumers:
+                    add(n + v, w)
+    value, (source_side, _) = nx.minimum_cut(graph, source, sink, flow_func=_FLOW_FUNC)
+    return int(value), sorted(v for v in source_side if lo <= v <= hi)
+
+
+def _is_chain(costs: _Costs, lo: int, hi: int) -> bool:
+    inputs, consumers = costs.inputs, costs.consumers
+    return all(inputs[v] == (v - 1,) for v in range(lo + 1, hi + 1)) and all(
+        len(consumers[v]) == 1 and consumers[v][0] == v + 1 for v in range(lo, hi)
+    )
+
+
+def _scan_chain(
+    costs: _Costs, lo: int, hi: int, on_device: set[int], on_server: set[int], server_elsewhere: bool
+) -> tuple[int, list[int]]:
+    """Exact optimum of a chain ``lo -> lo+1 -> ... -> hi`` by trying every split (``D = lo..j``)."""
+    first = max((v for v in on_device if lo <= v <= hi), default=lo - 1)
+    last = min((v for v in on_server if lo <= v <= hi), default=hi + 1) - 1
+    dev, srv, xfer, rtt2 = costs.dev, costs.srv, costs.xfer, costs.rtt2
+    running = sum(dev[lo : first + 1]) + sum(srv[first + 1 : hi + 1])
+    best_value, best_j = -1, first
+    for j in range(first, last + 1):
+        if j > first:
+            running += dev[j] - srv[j]
+        value = running
+        if lo <= j < hi:
+            value += xfer[j]
+        if j < hi or server_elsewhere:
+            value += rtt2
+        if best_value < 0 or value < best_value:
+            best_value, best_j = value, j
+    return best_value, list(range(lo, best_j + 1))
+
+
+def _solve_range(
+    costs: _Costs,
+    lo: int,
+    hi: int,
+    on_device: set[int],
+    on_server: set[int],
+    server_elsewhere: bool,
+    scan_chains: bool,
+) -> tuple[int, list[int]]:
+    """Optimal placement of the nodes ``lo..hi`` including the rtt term: (integer cost, device positions).
+
+    ``server_elsewhere`` says that some node outside the range is on the server, so the rtt
+    term is paid whatever happens here; otherwise it is paid iff this range puts a node there.
+    """
+    if scan_chains and _is_chain(costs, lo, hi):
+        return _scan_chain(costs, lo, hi, on_device, on_server, server_elsewhere)
+    value, device = _min_cut(costs, lo, hi, on_device, on_server)
+    any_server = len(device) < hi - lo + 1
+    if any_server or server_elsewhere:
+        value += costs.rtt2
+    if any_server and not server_elsewhere and not any(lo <= v <= hi for v in on_server):
+        all_device = sum(costs.dev[lo : hi + 1])
+        if all_device <= value:
+            return all_device, list(range(lo, hi + 1))
+    return value, device
+
+
+# ----------------------------------------------------------------------------------------------
+# Boundaries and the blockwise method.
+
+
+def _boundary_positions(costs: _Costs) -> list[int]:
+    """Positions of the boundary nodes, in O(nodes + edges).
+
+    In graph order, ``b`` at position ``p`` is a boundary iff (a) no edge ``(u, w)`` has
+    ``u < p < w``, (b) every node before ``p`` has a consumer and (c) every node after ``p``
+    has an input. Necessity: ancestors of ``b`` lie before it and descendants after, so by
+    the definition the nodes before ``p`` are exactly its ancestors (each has a path to ``b``,
+    hence a consumer) and those after are its descendants (each has an input); an edge over
+    ``p`` would run from an ancestor to a descendant. Sufficiency: by (a), consumers of nodes
+    before ``p`` are at or before ``p``, so backwards from ``p`` each such node has a consumer
+    that is ``b`` or a later ancestor of ``b`` (b); likewise forwards each node after ``p`` has an
+    input that is ``b`` or an earlier descendant (c); and (a) is the no-skip condition.
+    (a) is a sweep over a difference array of open edges; (b) and (c) compare ``p`` with the
+    first node without consumers and the last node without inputs.
+    """
+    n = costs.n
+    opened = [0] * (n + 1)
+    last_source, first_sink = -1, n
+    for w in range(n):
+        sources = costs.inputs[w]
+        if not sources:
+            last_source = w
+        for u in sources:
+            opened[u + 1] += 1
+            opened[w] -= 1
+        if first_sink == n and not costs.consumers[w]:
+            first_sink = w
+    result = []
+    spanning = 0
+    for p in range(n):
+        spanning += opened[p]
+        if spanning == 0 and last_source <= p <= first_sink:
+            result.append(p)
+    return result
+
+
+def boundaries(profile: Profile) -> list[str]:
+    """Names of the boundary nodes of the profile's graph, in graph order.
+
+    A node ``b`` is a boundary iff every other node is an ancestor or a descendant of ``b`` and
+    no edge runs from a strict ancestor of ``b`` to a strict descendant (none skips it). On a
+    ResNet these are the outputs of the residual blocks. Runs in linear time; see
+    ``_boundary_positions`` for the proof.
+    """
+    costs = _Costs(profile)
+    return [costs.names[p] for p in _boundary_positions(costs)]
+
+
+def _blockwise(costs: _Costs, on_device: set[int], on_server: set[int]) -> list[int]:
+    """Device positions of an optimal placement by series decomposition at the boundaries."""
+    n = costs.n
+    must_device = on_device | {v for v in range(n) if costs.is_input[v]}
+    bounds = _boundary_positions(costs)
+    if not bounds:
+        return _solve_range(costs, 0, n - 1, must_device, on_server, False, True)[1]
+    dev, srv, rtt2 = costs.dev, costs.srv, costs.rtt2
+    prefix_device = [0] * (n + 1)
+    prefix_cheapest = [0] * (n + 1)
+    for v in range(n):
+        prefix_device[v + 1] = prefix_device[v] + dev[v]
+        prefix_cheapest[v + 1] = prefix_cheapest[v] + min(dev[v], srv[v])
+    suffix_server = [0] * (n + 1)
+    for v in range(n - 1, -1, -1):
+        suffix_server[v] = suffix_server[v + 1] + srv[v]
+    last_device = max(must_device, default=-1)
+    first_server = min(on_server, default=n)
+
+    # (lower bound, constant outside the range, lo, hi, pinned device, pinned server, server elsewhere)
+    candidates: list[tuple[int, int, int, int, set[int], set[int], bool]] = []
+
+    def add(lo: int, hi: int, constant: int, left: int | None, right: int | None) -> None:
+        lower = constant + prefix_cheapest[hi + 1] - prefix_cheapest[lo]
+        pinned_device = {v for v in must_device if lo <= v <= hi}
+        pinned_server = {v for v in on_server if lo <= v <= hi}
+        if left is not None:
+            lower += dev[left] - min(dev[left], srv[left])
+            pinned_device.add(left)
+        if right is not None:
+            lower += srv[right] - min(dev[right], srv[right])
+            pinned_server.add(right)
+        server_elsewhere = right is not None
+        if server_elsewhere or pinned_server:
+            lower += rtt2
+        candidates.append((lower, constant, lo, hi, pinned_device, pinned_server, server_elsewhere))
+
+    first = bounds[0]
+    if last_device < first:
+        add(0, first, suffix_server[first + 1], None, first)
+    for left, right in itertools.pairwise(bounds):
+        if first_server > left and last_device < right:
+            add(left, right, prefix_device[left] + suffix_server[right + 1], left, right)
+    last = bounds[-1]
+    if first_server > last:
+        add(last, n - 1, prefix_device[last], last, None)
+
+    candidates.sort(key=lambda candidate: candidate[0])
+    best_value, best_device = -1, []
+    for lower, constant, lo, hi, pinned_device, pinned_server, server_elsewhere in candidates:
+        if best_value >= 0 and lower >= best_value:
+            break
+        value, device = _solve_range(costs, lo, hi, pinned_device, pinned_server, server_elsewhere, True)
+        if best_value < 0 or constant + value < best_value:
+            best_value, best_device = constant + value, list(range(lo)) + device
+    return best_device
+
+
+# ----------------------------------------------------------------------------------------------
+# Public planners.
+
+
+def plan(
+    profile: Profile,
+    method: str = "blockwise",
+    pin_device: Iterable[str] = (),
+    pin_server: Iterable[str] = (),
+) -> Plan:
+    """Plan a placement of minimum predicted step time.
+
+    Parameters:
+        profile: the cost graph and link.
+        method: ``"blockwise"`` (exact, fast: series decomposition at boundaries), ``"full"``
+            (exact: one min cut of the whole graph), ``"exhaustive"`` (exact, brute force, small
+            graphs only) or a baseline: ``"device_only"``, ``"server_only"``, ``"best_layerwise"``.
+        pin_device: names of nodes that must run on the device (exact methods only).
+        pin_server: names of nodes that must run on the server (exact methods only).
+
+    Returns:
+        A :class:`Plan`. Both exact methods reach the same optimal ``T`` (up to the picosecond
+        rounding of the costs); when several placements tie, either may be returned.
+
+    Raises:
+        PlanningError: an unknown method or pinned name, pins on a baseline, or pins that no
+            feasible placement satisfies (the message names the conflicting nodes).
+
+    Examples:
+        >>> from lightning_split.profile import Link, chain_profile
+        >>> profile = chain_profile([1.0, 8.0], [1.0, 1.0], [10, 10], Link(10.0, 10.0), input_bytes=100)
+        >>> result = plan(profile)
+        >>> result.device, result.cut, result.predicted_step_s
+        (('x', 'n0'), ('n0',), 6.0)
+    """
+    started = time.perf_counter()
+    if method == "exhaustive":
+        return exhaustive(profile, pin_device, pin_server)
+    if method in ("device_only", "server_only", "best_layerwise"):
+        if _names(pin_device) or _names(pin_server):
+            raise PlanningError(f"pins apply to the blockwise, full and exhaustive methods, not to {method}")
+        return {"device_only": device_only, "server_only": server_only, "best_layerwise": best_layerwise}[method](
+            profile
+        )
+    if method not in ("blockwise", "full"):
+        raise PlanningError(f"unknown planning method {method!r}; expected one of {', '.join(METHODS)}")
+    costs = _Costs(profile)
+    on_device, on_server = _resolve_pins(costs, pin_device, pin_server)
+    if costs.n == 0:
+        device: list[int] = []
+    elif method == "full":
+        must_device = on_device | {v for v in range(costs.n) if costs.is_input[v]}
+        device = _solve_range(costs, 0, costs.n - 1, must_device, on_server, False, False)[1]
+    else:
+        device = _blockwise(costs, on_device, on_server)
+    return _make_plan(profile, method, device, started)
+
+
+def exhaustive(
+    profile: Profile, pin_device: Iterable[str] = (), pin_server: Iterable[str] = (), max_nodes: int = 20
+) -> Plan:
+    """The optimum by brute force over every feasible placement (a test oracle for small graphs).
+
+    Feasible device sets are closed under ancestors. They are enumerated deciding nodes in
+    reverse graph order: a node may go to the server only if all its consumers are there, and
+    a device node pays its transfer iff one of its (already decided) consumers is on the server.
+    Costs are accumulated in float, independently of the integer min-cut machinery.
+
+    Raises:
+        PlanningError: the profile has more than ``max_nodes`` nodes, or the pins conflict.
+    """
+    started = time.perf_counter()
+    if len(profile.nodes) > max_nodes:
+        raise PlanningError(
+            f"exhaustive planning is limited to {max_nodes} nodes; this profile has {len(profile.nodes)}"
+        )
+    costs = _Costs(profile)
+    on_device, on_server = _resolve_pins(costs, pin_device, pin_server)
+    nodes = profile.nodes
+    outputs = set(profile.outputs)
+    per_byte = profile.link.seconds_per_byte_round_trip
+    rtt = 2.0 * profile.link.rtt_s
+    in_server = [False] * len(nodes)
+    best: list[Any] = [math.inf, None]
+
+    def visit(v: int, cost: float, servers: int) -> None:
+        if v < 0:
+            total = cost + (rtt if servers else 0.0)
+            if total < best[0]:
+                best[0], best[1] = total, [i for i in range(len(nodes)) if not in_server[i]]
+            return
+        node = nodes[v]
+        consumers = costs.consumers[v]
+        if v not in on_server:
+            crossing = any(in_server[w] for w in consumers)
+            visit(v - 1, cost + node.device_s + (node.out_bytes * per_byte if crossing else 0.0), servers)
+        if node.kind != "input" and v not in on_device and all(in_server[w] for w in consumers):
+            in_server[v] = True
+            trip = node.out_bytes * per_byte if node.name in outputs else 0.0
+            visit(v - 1, cost + node.server_s + trip, servers + 1)
+            in_server[v] = False
+
+    visit(len(nodes) - 1, 0.0, 0)
+    if best[1] is None:
+        raise PlanningError("no feasible placement satisfies the pins")
+    return _make_plan(profile, "exhaustive", best[1], started)
+
+
+def device_only(profile: Profile) -> Plan:
+    """Baseline: every node on the device (no network at all)."""
+    started = time.perf_counter()
+    return _make_plan(profile, "device_only", range(len(profile.nodes)), started)
+
+
+def server_only(profile: Profile) -> Plan:
+    """Baseline: only the input nodes on the device; the inputs are uploaded and all compute is remote."""
+    started = time.perf_counter()
+    return _make_plan(
+        profile, "server_only", [i for i, node in enumerate(profile.nodes) if node.kind == "input"], started
+    )
+
+
+def best_layerwise(profile: Profile) -> Plan:
+    """Baseline: the best single split point of the profile order (``D`` = the first ``k`` nodes).
+
+    This is the classic partition of a chain; on a DAG whose graph order interleaves branches it
+    can be strictly worse than the optimum, since ``D`` must be a prefix of the order. ``k``
+    ranges over the prefixes that hold every input node; all ``T`` are computed in one pass
+    (each tensor crosses for the ``k`` between its producer and its last consumer).
+    """
+    started = time.perf_counter()
+    nodes = profile.nodes
+    n = len(nodes)
+    index = {node.name: i for i, node in enumerate(nodes)}
+    per_byte = profile.link.seconds_per_byte_round_trip
+    outputs = {index[name] for name in profile.outputs}
+    last_consumer = list(range(n))
+    for w, node in enumerate(nodes):
+        for name in node.inputs:
+            last_consumer[index[name]] = w
+    # delta[k]: change of the transfer cost when the prefix grows to k nodes (u crosses for k in u+1..last).
+    delta = [0.0] * (n + 2)
+    for u, node in enumerate(nodes):
+        if last_consumer[u] > u:
+            delta[u + 1] += node.out_bytes * per_byte
+            delta[last_consumer[u] + 1] -= node.out_bytes * per_byte
+    server_tail = [0.0] * (n + 1)
+    for v in range(n - 1, -1, -1):
+        trip = nodes[v].out_bytes * per_byte if v in outputs else 0.0
+        server_tail[v] = server_tail[v + 1] + nodes[v].server_s + trip
+    first_k = max((i + 1 for i, node in enumerate(nodes) if node.kind == "input"), default=0)
+    device_head = sum(node.device_s for node in nodes[:first_k])
+    transfer = sum(delta[: first_k + 1])
+    best_k, best_total = n, math.inf
+    for k in range(first_k, n + 1):
+        if k > first_k:
+            device_head += nodes[k - 1].device_s
+            transfer += delta[k]
+        total = device_head + server_tail[k] + transfer + (2.0 * profile.link.rtt_s if k < n else 0.0)
+        if total < best_total:
+            best_k, best_total = k, total
+    return _make_plan(profile, "best_layerwise", range(best_k), started)
+
+
+def baselines(profile: Profile) -> dict[str, float]:
+    """Predicted step times of the three baselines: ``device_only``, ``server_only``, ``best_layerwise``."""
+    return {
+        "device_only": device_only(profile).predicted_step_s,
+        "server_only": server_only(profile).predicted_step_s,
+        "best_layerwise": best_layerwise(profile).predicted_step_s,
+    }
