@@ -46,6 +46,26 @@ class Link:
         down = uplink_mbps if downlink_mbps is None else downlink_mbps
         return cls(uplink_mbps * 1e6 / 8, down * 1e6 / 8, rtt_ms / 1e3)
 
+    @classmethod
+    def parse(cls, text: str) -> Link:
+        """Parse ``"10mbit,20ms"``, ``"10mbit/50mbit,5ms"`` (uplink/downlink) or ``"unlimited"``.
+
+        Rates take ``bit``, ``kbit``, ``mbit``, ``gbit`` (or ``kbps``/``mbps``/``gbps``) or
+        ``B``/``KB``/``MB``/``GB`` per second; delays ``us``, ``ms`` or ``s`` (round trip).
+        """
+        parts = [p.strip() for p in text.replace(" ", "").split(",") if p.strip()]
+        if not parts:
+            raise ProfileError("empty link description; expected e.g. '10mbit,20ms'")
+        rates, rtt = parts[0], 0.0
+        if len(parts) > 2:
+            raise ProfileError(f"link {text!r}: expected 'RATE[/RATE][,DELAY]'")
+        if len(parts) == 2:
+            rtt = _parse_unit(parts[1], _DELAY_UNITS, text)
+        up_text, _, down_text = rates.partition("/")
+        up = _parse_rate(up_text, text)
+        down = _parse_rate(down_text, text) if down_text else up
+        return cls(up, down, rtt)
+
     def validate(self) -> None:
         for name in ("uplink_bytes_per_s", "downlink_bytes_per_s"):
             value = getattr(self, name)
@@ -65,6 +85,34 @@ class Link:
             "downlink_bytes_per_s": self.downlink_bytes_per_s,
             "rtt_s": self.rtt_s,
         }
+
+
+_RATE_UNITS = {
+    "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8,
+    "bps": 1 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
+    "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9,
+}  # fmt: skip
+_DELAY_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _parse_rate(text: str, whole: str) -> float:
+    if text.lower() in ("unlimited", "inf"):
+        return math.inf
+    value = _parse_unit(text.lower(), _RATE_UNITS, whole)
+    if value <= 0:
+        raise ProfileError(f"link {whole!r}: a rate must be positive")
+    return value
+
+
+def _parse_unit(text: str, units: Mapping[str, float], whole: str) -> float:
+    for unit in sorted(units, key=len, reverse=True):
+        if text.lower().endswith(unit):
+            number = text[: len(text) - len(unit)]
+            try:
+                return float(number) * units[unit]
+            except ValueError:
+                break
+    raise ProfileError(f"link {whole!r}: cannot read {text!r}; use units {', '.join(units)}")
 
 
 @dataclass(frozen=True)

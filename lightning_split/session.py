@@ -1,0 +1,324 @@
+"""The server's half of one training session: the suffix program, its state, its optimizers.
+
+A :class:`ServerSession` runs what the device asks for, in order: forward passes (kept for
+their backward), backward passes, gradient clipping and optimizer steps that mirror the
+device's optimizers, and state transfers for checkpoints. It knows nothing of sockets or
+framing (see :mod:`lightning_split.server` for the transport) so it can be driven and
+tested directly.
+
+The server builds the suffix from *its own* instance of the model class: the device sends
+the init arguments (JSON), the graph fingerprint and the node placement, never code.
+Optimizers are rebuilt from ``torch.optim`` by class name only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from lightning_split.programs import SplitError, SplitSpec, server_program, used_state
+
+
+class SessionError(RuntimeError):
+    """A request the session cannot honour; the message says what and why. Ends the request, not the server."""
+
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def resolve_optimizer(name: str) -> type[torch.optim.Optimizer]:
+    """Map an optimizer class name to a ``torch.optim`` class; nothing else is ever resolved."""
+    short = name.rsplit(".", 1)[-1]
+    cls = getattr(torch.optim, short, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+        raise SessionError(
+            f"optimizer {name!r} is not a torch.optim optimizer; the server only rebuilds torch.optim classes "
+            "(SGD, Adam, AdamW, ...), since it never runs code sent by a client"
+        )
+    if short == "LBFGS":
+        raise SessionError("LBFGS re-evaluates the whole model inside step(); it cannot be split across machines")
+    return cls
+
+
+@dataclass
+class OptimizerSpec:
+    """One device optimizer as the server mirrors it.
+
+    Attributes:
+        class_name: ``torch.optim`` class name.
+        defaults: the optimizer's constructor defaults (JSON values).
+        groups: for each param group, the state keys of its parameters (all of them, device
+            and server side, in order) and its hyperparameters.
+    """
+
+    class_name: str
+    defaults: dict[str, Any]
+    groups: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.class_name, "defaults": self.defaults, "groups": self.groups}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OptimizerSpec:
+        try:
+            groups = [
+                {"params": [str(p) for p in group["params"]], "hparams": dict(group["hparams"])}
+                for group in data["groups"]
+            ]
+            return cls(str(data["class"]), dict(data["defaults"]), groups)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SessionError(f"malformed optimizer description: {exc!r}") from exc
+
+
+@dataclass
+class _Mirror:
+    optimizer: torch.optim.Optimizer | None
+    keys: list[list[str]]  # per group: keys of the server's params in that group, in group order
+    all_keys: list[str] = field(default_factory=list)
+
+
+class ServerSession:
+    """Runs the suffix of one device's model.
+
+    Args:
+        graph_module: the server's own trace of the model (same fingerprint as the device's).
+        spec: the placement agreed with the device.
+        state: the suffix's parameters and buffers by state key, as sent by the device.
+        optimizers: the device's optimizers to mirror.
+        device: where the suffix runs (``"cpu"`` or ``"cuda"``).
+        max_pending: forward passes kept for backward at most; older ones are dropped.
+    """
+
+    def __init__(
+        self,
+        graph_module: fx.GraphModule,
+        spec: SplitSpec,
+        state: Mapping[str, torch.Tensor],
+        optimizers: Sequence[OptimizerSpec] = (),
+        device: str | torch.device = "cpu",
+        max_pending: int = 16,
+    ) -> None:
+        self.device = torch.device(device)
+        self.spec = spec
+        try:
+            program = server_program(graph_module, spec)
+        except (SplitError, KeyError, AttributeError) as exc:
+            raise SessionError(f"cannot build the server program: {exc}") from exc
+        self.state_refs = used_state(program, spec.server_nodes)
+        missing = sorted(set(self.state_refs) - set(state))
+        unexpected = sorted(set(state) - set(self.state_refs))
+        if missing or unexpected:
+            raise SessionError(
+                f"suffix state does not match the placement: missing {missing[:8]}, unexpected {unexpected[:8]}"
+            )
+        with torch.no_grad():
+            for key, tensor in self.state_refs.items():
+                incoming = state[key]
+                if incoming.shape != tensor.shape or incoming.dtype != tensor.dtype:
+                    raise SessionError(
+                        f"state {key!r}: client sent {incoming.dtype} {tuple(incoming.shape)}, the server's model "
+                        f"has {tensor.dtype} {tuple(tensor.shape)} (different model configuration?)"
+                    )
+                tensor.copy_(incoming)
+        self.program = program.to(self.device)
+        self.state_refs = used_state(self.program, spec.server_nodes)
+        self.params = {k: v for k, v in self.state_refs.items() if isinstance(v, nn.Parameter)}
+        self.mirrors = [self._mirror(spec) for spec in optimizers]
+        self.pending: OrderedDict[int, tuple[list[Any], tuple[Any, ...]]] = OrderedDict()
+        self.max_pending = max_pending
+        self.compute_s = 0.0
+
+    def _mirror(self, spec: OptimizerSpec) -> _Mirror:
+        cls = resolve_optimizer(spec.class_name)
+        keys = [[key for key in group["params"] if key in self.params] for group in spec.groups]
+        all_keys = [key for group in keys for key in group]
+        if not all_keys:
+            return _Mirror(None, keys, all_keys)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+        defaults = {k: _from_wire(v) for k, v in spec.defaults.items() if k in accepted}
+        groups = [
+            {"params": [self.params[key] for key in group_keys], **{k: _from_wire(v) for k, v in g["hparams"].items()}}
+            for group_keys, g in zip(keys, spec.groups)
+        ]
+        try:
+            optimizer = cls(groups, **defaults)
+        except (TypeError, ValueError) as exc:
+            raise SessionError(f"cannot rebuild {spec.class_name} on the server: {exc}") from exc
+        return _Mirror(optimizer, keys, all_keys)
+
+    def _optimizer(self, index: int) -> _Mirror:
+        if not 0 <= index < len(self.mirrors):
+            raise SessionError(f"optimizer index {index} out of range (the session has {len(self.mirrors)})")
+        return self.mirrors[index]
+
+    # -- compute ---------------------------------------------------------------------------
+
+    def forward(
+        self,
+        step_id: int,
+        values: Sequence[Any],
+        requires_grad: Sequence[bool],
+        training: bool,
+        grad: bool,
+        rng_state: torch.Tensor | None = None,
+    ) -> tuple[list[Any], torch.Tensor | None]:
+        """Run the suffix on the cut values; keep the graph for :meth:`backward` when ``grad``.
+
+        Returns the server outputs (detached, on CPU) and, when ``rng_state`` was given, the
+        CPU generator state after the suffix ran (so the device's random stream continues
+        exactly as in local training).
+        """
+        if len(values) != len(self.spec.cut):
+            raise SessionError(f"forward sent {len(values)} cut values, the plan has {len(self.spec.cut)}")
+        started = time.perf_counter()
+        inputs: list[Any] = []
+        for value, needs_grad in zip(values, requires_grad):
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device)
+                if grad and needs_grad and value.is_floating_point():
+                    value.requires_grad_(True)
+            inputs.append(value)
+        self.program.train(training)
+        saved_rng = torch.get_rng_state() if rng_state is not None else None
+        try:
+            if rng_state is not None:
+                torch.set_rng_state(rng_state)
+            with torch.set_grad_enabled(grad):
+                outputs = self.program(*inputs)
+            rng_after = torch.get_rng_state() if rng_state is not None else None
+        finally:
+            if saved_rng is not None:
+                torch.set_rng_state(saved_rng)
+        if grad:
+            self.pending[step_id] = (inputs, outputs)
+            while len(self.pending) > self.max_pending:
+                self.pending.popitem(last=False)
+        self.compute_s += time.perf_counter() - started
+        return [_to_cpu(output) for output in outputs], rng_after
+
+    def backward(self, step_id: int, grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Backpropagate the output gradients; accumulate parameter grads; return the cut's grads."""
+        try:
+            inputs, outputs = self.pending.pop(step_id)
+        except KeyError:
+            raise SessionError(
+                f"backward for step {step_id}, which has no pending forward (already backpropagated or released)"
+            ) from None
+        if len(grads) != len(outputs):
+            raise SessionError(f"backward sent {len(grads)} gradients for {len(outputs)} outputs")
+        started = time.perf_counter()
+        tensors, grad_tensors = [], []
+        for output, grad in zip(outputs, grads):
+            if grad is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
+                continue
+            if grad.shape != output.shape:
+                raise SessionError(f"gradient of shape {tuple(grad.shape)} for an output of shape {tuple(output.shape)}")
+            tensors.append(output)
+            grad_tensors.append(grad.to(device=self.device, dtype=output.dtype))
+        if tensors:
+            torch.autograd.backward(tensors, grad_tensors)
+        result = [
+            _to_cpu(value.grad) if isinstance(value, torch.Tensor) and value.requires_grad else None
+            for value in inputs
+        ]
+        self.compute_s += time.perf_counter() - started
+        return result
+
+    def release(self, step_ids: Sequence[int]) -> None:
+        """Drop forward passes whose backward will never come (their outputs were discarded)."""
+        for step_id in step_ids:
+            self.pending.pop(step_id, None)
+
+    # -- optimizers ------------------------------------------------------------------------
+
+    def _grads(self, index: int) -> list[tuple[str, torch.Tensor | None]]:
+        return [(key, self.params[key].grad) for key in self._optimizer(index).all_keys]
+
+    def zero_grad(self, index: int, set_to_none: bool = True) -> None:
+        mirror = self._optimizer(index)
+        if mirror.optimizer is not None:
+            mirror.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def grad_norms(self, index: int, norm_type: float) -> dict[str, torch.Tensor]:
+        """Per-parameter gradient norms (for clipping by the global norm over both sides)."""
+        return {
+            key: _to_cpu(torch.linalg.vector_norm(grad, norm_type))
+            for key, grad in self._grads(index)
+            if grad is not None
+        }
+
+    def scale_grads(self, index: int, coefficient: torch.Tensor) -> None:
+        grads = [grad for _, grad in self._grads(index) if grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, coefficient.to(grads[0].device))
+
+    def clip_grad_value(self, index: int, clip_value: float) -> None:
+        params = [self.params[key] for key in self._optimizer(index).all_keys]
+        torch.nn.utils.clip_grad_value_(params, clip_value)
+
+    def step(self, index: int, hparams: Sequence[Mapping[str, Any]]) -> None:
+        """One optimizer step with the device's current hyperparameters (so LR schedules apply)."""
+        mirror = self._optimizer(index)
+        if mirror.optimizer is None:
+            return
+        if len(hparams) != len(mirror.optimizer.param_groups):
+            raise SessionError(
+                f"step sent {len(hparams)} param groups, optimizer {index} has {len(mirror.optimizer.param_groups)}"
+            )
+        for group, values in zip(mirror.optimizer.param_groups, hparams):
+            for name, value in values.items():
+                if name != "params":
+                    group[name] = _from_wire(value)
+        mirror.optimizer.step()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The suffix's parameters and buffers by the original module's state keys."""
+        return {key: _to_cpu(tensor.detach()) for key, tensor in self.state_refs.items()}
+
+    def optimizer_state(self, index: int) -> dict[str, dict[str, Any]]:
+        """Per-parameter optimizer state (momentum buffers, Adam moments, step) by state key."""
+        mirror = self._optimizer(index)
+        if mirror.optimizer is None:
+            return {}
+        result = {}
+        for key in mirror.all_keys:
+            state = mirror.optimizer.state.get(self.params[key])
+            if state:
+                result[key] = {name: _to_cpu(value) for name, value in state.items()}
+        return result
+
+    def load_optimizer_state(self, index: int, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Install per-parameter optimizer state (e.g. when resuming from a checkpoint)."""
+        mirror = self._optimizer(index)
+        if mirror.optimizer is None:
+            return
+        for key, state in states.items():
+            if key not in self.params or key not in mirror.all_keys:
+                raise SessionError(f"optimizer state for {key!r}, which is not a server parameter of optimizer {index}")
+            param = self.params[key]
+            mirror.optimizer.state[param] = {
+                name: (value.to(param.device) if isinstance(value, torch.Tensor) and value.dim() > 0 else value)
+                for name, value in state.items()
+            }
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu() if value.device.type != "cpu" else value.detach()
+    return value
+
+
+def _from_wire(value: Any) -> Any:
+    """JSON lists stand for the tuples optimizers use (betas, etas, step_sizes)."""
+    if isinstance(value, list):
+        return tuple(_from_wire(v) for v in value)
+    return value

@@ -1,0 +1,102 @@
+"""Models and data shared by the tests (and importable by a `lightning-split serve` process)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def digits(n: int | None = None) -> TensorDataset:
+    """scikit-learn's 8x8 handwritten digits (shipped offline) as (N, 1, 8, 8) floats and labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(data.target, dtype=torch.long)
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    return TensorDataset(images, labels)
+
+
+def loader(n: int = 640, batch_size: int = 32) -> DataLoader:
+    return DataLoader(digits(n), batch_size=batch_size, shuffle=False)
+
+
+class DagNet(L.LightningModule):
+    """A small DAG: a residual join and a concatenation, so a cut can cross several tensors.
+
+    ``cut="b"`` puts stem, a, the residual add and b on the device: the residual sum ``r``
+    (consumed by the concat and the final add) and ``b`` cross to the server.
+    """
+
+    def __init__(
+        self,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        scheduler: bool = False,
+        dropout: float = 0.0,
+        manual: bool = False,
+        manual_clip: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = not manual
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.mix = nn.Conv2d(16, 8, 1)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        a = torch.relu(self.a(s))
+        r = a + s
+        b = self.b(r)
+        c = torch.cat([r, b], dim=1)
+        m = self.mix(c)
+        return self.head(self.drop(torch.flatten(m + r, 1)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        if self.automatic_optimization:
+            return loss
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.hparams.manual_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.manual_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits, y))
+        return logits
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_acc", (self(x).argmax(1) == y).float().mean())
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])
+
+    def configure_optimizers(self):
+        if self.hparams.optimizer == "adam":
+            optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        else:
+            optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
