@@ -1,0 +1,363 @@
+import math
+import random
+
+import networkx as nx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightning_split.planner import (
+    METHODS,
+    Breakdown,
+    Plan,
+    PlanningError,
+    baselines,
+    best_layerwise,
+    boundaries,
+    device_only,
+    exhaustive,
+    is_feasible,
+    plan,
+    server_only,
+    step_time,
+)
+from lightning_split.profile import Link, NodeCost, Profile, chain_profile
+
+TOL = 1e-9
+
+
+def op(name, inputs, out_bytes, device_s, server_s):
+    return NodeCost(name, "op", tuple(inputs), out_bytes, device_s, server_s)
+
+
+def residual_stack(blocks: int, seed: int = 0, link: Link | None = None) -> Profile:
+    """A ResNet-like profile: stem, ``blocks`` bottleneck blocks of 10 nodes with a skip edge, head."""
+    rng = random.Random(seed)
+    link = link or Link.from_mbps(100.0, 500.0, rtt_ms=4.0)
+    nodes = [NodeCost("x", "input", (), 600_000, 0.0, 0.0)]
+
+    def add(name, inputs, depth):
+        device = rng.uniform(1e-4, 5e-3)
+        size = int(3_000_000 * 0.5 ** (6 * depth) * rng.uniform(0.5, 2.0)) + 1000
+        nodes.append(op(name, inputs, size, device, device / rng.uniform(10, 50)))
+        return name
+
+    h = add("relu", [add("bn1", [add("conv1", ["x"], 0.0)], 0.0)], 0.0)
+    h = add("maxpool", [h], 0.0)
+    for b in range(blocks):
+        depth = (b + 1) / blocks
+        t = h
+        for i in (1, 2, 3):
+            t = add(f"b{b}_bn{i}", [add(f"b{b}_conv{i}", [t], depth)], depth)
+            if i < 3:
+                t = add(f"b{b}_relu{i}", [t], depth)
+        h = add(f"b{b}_out", [add(f"b{b}_add", [t, h], depth)], depth)
+    h = add("flatten", [add("avgpool", [h], 1.0)], 1.0)
+    add("fc", [h], 1.0)
+    return Profile(nodes, ["fc"], link)
+
+
+@st.composite
+def dag_profiles(draw):
+    """Random DAG profiles with branches, joins, shared tensors, several inputs/outputs and random pins."""
+    seconds = st.one_of(st.just(0.0), st.sampled_from([0.25, 1.0, 3.0]), st.floats(0.0, 4.0, allow_nan=False))
+    sizes = st.one_of(st.just(0), st.sampled_from([1, 10, 100, 1000]), st.integers(0, 2000))
+    nodes = []
+    for i in range(draw(st.integers(1, 3))):
+        nodes.append(NodeCost(f"in{i}", "input", (), draw(sizes), draw(seconds), draw(seconds)))
+    for i in range(draw(st.integers(2, 14))):
+        earlier = [node.name for node in nodes]
+        inputs = draw(st.lists(st.sampled_from(earlier), min_size=0, max_size=3))
+        if draw(st.booleans()):
+            inputs = [earlier[-1], *inputs]  # chains and series structure
+        nodes.append(op(f"op{i}", inputs, draw(sizes), draw(seconds), draw(seconds)))
+    names = [node.name for node in nodes]
+    outputs = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
+    if draw(st.booleans()) and names[-1] not in outputs:
+        outputs.append(names[-1])
+    rates = st.sampled_from([1.0, 10.0, 100.0, 1000.0, math.inf])
+    link = Link(draw(rates), draw(rates), draw(st.sampled_from([0.0, 0.01, 0.5, 3.0, 20.0])))
+    pin_device = draw(st.lists(st.sampled_from(names), max_size=2, unique=True))
+    pin_server = draw(st.lists(st.sampled_from(names), max_size=2, unique=True))
+    return Profile(nodes, outputs, link), pin_device, pin_server
+
+
+def pins_conflict(profile, pin_device, pin_server) -> bool:
+    graph = nx.DiGraph()
+    graph.add_nodes_from(profile.names)
+    graph.add_edges_from((source, node.name) for node in profile.nodes for source in node.inputs)
+    must_device = set(pin_device) | {node.name for node in profile.nodes if node.kind == "input"}
+    for name in pin_device:
+        must_device |= nx.ancestors(graph, name)
+    return bool(must_device & set(pin_server))
+
+
+def check_plan(profile, result: Plan, pin_device=(), pin_server=()):
+    assert set(result.device).isdisjoint(result.server)
+    assert sorted(result.device + result.server, key=profile.names.index) == profile.names
+    assert list(result.device) == [name for name in profile.names if name in result.device]
+    assert is_feasible(profile, result.device)
+    assert set(pin_device) <= set(result.device)
+    assert set(pin_server) <= set(result.server)
+    breakdown = step_time(profile, result.device)
+    assert breakdown == result.breakdown
+    assert breakdown.total == result.predicted_step_s
+    server = set(result.server)
+    expected_cut = [
+        name for name in result.device if any(name in node.inputs for node in profile.nodes if node.name in server)
+    ]
+    assert list(result.cut) == expected_cut
+    assert result.solve_s >= 0
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag_profiles())
+def test_exact_methods_match_exhaustive(case):
+    profile, pin_device, pin_server = case
+    if pins_conflict(profile, pin_device, pin_server):
+        for method in ("full", "blockwise", "exhaustive"):
+            with pytest.raises(PlanningError, match="pinned"):
+                plan(profile, method, pin_device, pin_server)
+        return
+    oracle = exhaustive(profile, pin_device, pin_server)
+    check_plan(profile, oracle, pin_device, pin_server)
+    for method in ("full", "blockwise"):
+        result = plan(profile, method, pin_device, pin_server)
+        assert result.method == method
+        check_plan(profile, result, pin_device, pin_server)
+        assert result.predicted_step_s == pytest.approx(oracle.predicted_step_s, abs=TOL)
+
+
+@settings(max_examples=150, deadline=None)
+@given(dag_profiles())
+def test_boundaries_match_definition(case):
+    profile = case[0]
+    graph = nx.DiGraph()
+    graph.add_nodes_from(profile.names)
+    graph.add_edges_from((source, node.name) for node in profile.nodes for source in node.inputs)
+    expected = []
+    for b in profile.names:
+        before, after = nx.ancestors(graph, b), nx.descendants(graph, b)
+        if len(before) + len(after) + 1 == len(profile.names) and not any(
+            u in before and w in after for u, w in graph.edges
+        ):
+            expected.append(b)
+    assert boundaries(profile) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(dag_profiles())
+def test_baselines_match_spec_definitions(case):
+    profile = case[0]
+    names = profile.names
+    assert device_only(profile).device == tuple(names)
+    assert server_only(profile).device == tuple(n.name for n in profile.nodes if n.kind == "input")
+    last_input = max(i for i, node in enumerate(profile.nodes) if node.kind == "input")
+    best = min(step_time(profile, names[:k]).total for k in range(last_input + 1, len(names) + 1))
+    layerwise = best_layerwise(profile)
+    assert layerwise.predicted_step_s == pytest.approx(best, abs=TOL)
+    assert layerwise.device == tuple(names[: len(layerwise.device)])
+    assert baselines(profile) == {
+        "device_only": step_time(profile, names).total,
+        "server_only": server_only(profile).predicted_step_s,
+        "best_layerwise": layerwise.predicted_step_s,
+    }
+    assert exhaustive(profile).predicted_step_s <= min(baselines(profile).values()) + TOL
+
+
+def test_chain_best_cut_in_the_middle():
+    # Round trip of one byte: 1/100 + 1/100 = 0.02 s. x->n0->n1->n2->n3, output n3 (10 bytes: 0.2 s back).
+    profile = chain_profile([1, 1, 10, 10], [0.1] * 4, [1000, 10, 1000, 10], Link(100.0, 100.0), input_bytes=10_000)
+    # D={x}: 200+0.4+0.2; {x,n0}: 1+20+0.3+0.2; {x,n0,n1}: 2+0.2+0.2+0.2 = 2.6; {..,n2}: 12+20+0.1+0.2; all: 22.
+    for method in ("full", "blockwise", "exhaustive"):
+        result = plan(profile, method)
+        assert result.device == ("x", "n0", "n1")
+        assert result.server == ("n2", "n3")
+        assert result.cut == ("n1",)
+        assert result.predicted_step_s == pytest.approx(2.6)
+        assert result.breakdown == pytest.approx(Breakdown(2.0, 0.2, 0.2, 0.2, 0.0))
+
+
+def test_tensor_with_two_server_consumers_is_sent_once():
+    nodes = [
+        NodeCost("x", "input", (), 1000, 0.0, 0.0),
+        op("a", ["x"], 100, 1.0, 1.0),
+        op("b", ["a"], 1, 10.0, 1.0),
+        op("c", ["a"], 1, 10.0, 1.0),
+        op("d", ["b", "c"], 1, 10.0, 1.0),
+    ]
+    profile = Profile(nodes, ["d"], Link(100.0, 100.0))
+    for method in ("full", "blockwise", "exhaustive"):
+        result = plan(profile, method)
+        assert result.device == ("x", "a")
+        assert result.cut == ("a",)
+        # a's 100 bytes go up once (1 s) and its gradient comes down once (1 s); d's 1 byte returns.
+        assert result.breakdown == pytest.approx(Breakdown(1.0, 3.0, 1.01, 1.01, 0.0))
+        assert result.predicted_step_s == pytest.approx(6.02)
+
+
+def test_model_output_on_the_server_pays_its_return_trip():
+    profile = chain_profile([1.0], [0.0], [1000], Link(100.0, 100.0), input_bytes=10)
+    assert step_time(profile, ["x"]) == pytest.approx(Breakdown(0.0, 0.0, 10.1, 10.1, 0.0))
+    assert step_time(profile, ["x", "n0"]) == Breakdown(1.0, 0.0, 0.0, 0.0, 0.0)
+    for method in ("full", "blockwise"):
+        assert plan(profile, method).device == ("x", "n0")
+
+
+def test_large_rtt_makes_all_device_win():
+    fast_server = chain_profile([1.0, 1.0], [0.01, 0.01], [10, 10], Link(1e6, 1e6, rtt_s=0.0))
+    assert plan(fast_server).device == ("x",)
+    slow_network = fast_server.with_link(Link(1e6, 1e6, rtt_s=2.0))
+    assert step_time(slow_network, ["x"]).rtt_s == 4.0
+    for method in ("full", "blockwise", "exhaustive"):
+        result = plan(slow_network, method)
+        assert result.device == ("x", "n0", "n1")
+        assert result.breakdown.rtt_s == 0.0
+        assert result.predicted_step_s == pytest.approx(2.0)
+
+
+def test_rtt_is_paid_once_when_a_pin_forces_the_server():
+    profile = chain_profile([0.1, 1.0], [0.5, 0.5], [10, 10], Link(1e6, 1e6, rtt_s=2.0))
+    for method in ("full", "blockwise", "exhaustive"):
+        result = plan(profile, method, pin_server=["n1"])
+        assert result.device == ("x", "n0")
+        assert result.breakdown.rtt_s == 4.0
+
+
+def test_best_layerwise_is_strictly_worse_when_the_order_interleaves_branches():
+    nodes = [
+        NodeCost("x", "input", (), 1000, 0.0, 0.0),
+        op("a1", ["x"], 10, 0.1, 0.1),
+        op("b1", ["x"], 1000, 0.1, 0.1),
+        op("a2", ["a1"], 10, 10.0, 1.0),
+        op("b2", ["b1"], 10, 0.1, 0.1),
+        op("j", ["a2", "b2"], 1, 0.0, 0.0),
+    ]
+    profile = Profile(nodes, ["j"], Link(100.0, 100.0))
+    layerwise = best_layerwise(profile)
+    assert layerwise.predicted_step_s == pytest.approx(10.3)
+    for method in ("full", "blockwise", "exhaustive"):
+        result = plan(profile, method)
+        assert result.device == ("x", "a1", "b1", "b2")
+        assert result.cut == ("a1", "b2")
+        assert result.predicted_step_s == pytest.approx(0.3 + 0.2 + 0.2 + 1.0 + 0.02)
+        assert result.predicted_step_s < layerwise.predicted_step_s - 1
+
+
+def test_boundaries_of_a_residual_stack():
+    profile = residual_stack(3)
+    expected = ["x", "conv1", "bn1", "relu", "maxpool"]
+    expected += [name for b in range(3) for name in (f"b{b}_add", f"b{b}_out")] + ["avgpool", "flatten", "fc"]
+    assert boundaries(profile) == expected
+    several_inputs = Profile(
+        [NodeCost("x", "input", (), 1, 0, 0), NodeCost("y", "input", (), 1, 0, 0), op("f", ["x", "y"], 1, 1, 1)],
+        ["f"],
+        Link(1.0, 1.0),
+    )
+    assert boundaries(several_inputs) == ["f"]
+    two_outputs = Profile(
+        [NodeCost("x", "input", (), 1, 0, 0), op("f", ["x"], 1, 1, 1), op("g", ["f"], 1, 1, 1)],
+        ["f", "g"],
+        Link(1.0, 1.0),
+    )
+    assert boundaries(two_outputs) == ["x", "f", "g"]
+
+
+@pytest.mark.parametrize("rtt_ms", [0.0, 4.0, 500.0])
+@pytest.mark.parametrize("uplink_mbps", [5.0, 100.0, 10_000.0])
+def test_blockwise_equals_full_on_a_large_residual_stack(uplink_mbps, rtt_ms):
+    profile = residual_stack(250, seed=int(uplink_mbps), link=Link.from_mbps(uplink_mbps, 5 * uplink_mbps, rtt_ms))
+    assert len(profile.nodes) == 2508
+    full = plan(profile, "full")
+    blockwise = plan(profile, "blockwise")
+    assert blockwise.predicted_step_s == pytest.approx(full.predicted_step_s, abs=TOL)
+    assert blockwise.predicted_step_s <= min(baselines(profile).values()) + TOL
+    assert is_feasible(profile, blockwise.device)
+
+
+def test_pins_on_a_residual_stack_restrict_the_segments():
+    profile = residual_stack(20, seed=3)
+    pins = {"pin_device": ["b7_conv2"], "pin_server": ["b12_relu1"]}
+    full = plan(profile, "full", **pins)
+    blockwise = plan(profile, "blockwise", **pins)
+    check_plan(profile, blockwise, **pins)
+    assert blockwise.predicted_step_s == pytest.approx(full.predicted_step_s, abs=TOL)
+
+
+def test_conflicting_pins_name_the_nodes():
+    profile = chain_profile([1, 1, 1], [1, 1, 1], [1, 1, 1], Link(1.0, 1.0))
+    cases = [
+        ({"pin_device": ["n1"], "pin_server": ["n1"]}, "n1 is pinned to both the device and the server"),
+        ({"pin_server": ["x"]}, "x is a model input"),
+        ({"pin_device": ["n1"], "pin_server": ["n0"]}, "n0 is pinned to the server but its consumer n1 is pinned"),
+        ({"pin_device": ["n2"], "pin_server": ["n0"]}, r"n0 is pinned to the server but its descendant n2 \(n0 -> n1"),
+        ({"pin_device": ["conv9"]}, "not in the profile: conv9"),
+    ]
+    for pins, message in cases:
+        for method in ("full", "blockwise", "exhaustive"):
+            with pytest.raises(PlanningError, match=message):
+                plan(profile, method, **pins)
+    bare = plan(profile, pin_server="n1")  # a bare string is one name, not "n" and "1"
+    assert bare.server[-2:] == ("n1", "n2")
+    assert bare.device == plan(profile, pin_server=["n1"]).device
+
+
+def test_plan_rejects_unknown_methods_and_pinned_baselines():
+    profile = chain_profile([1], [1], [1], Link(1.0, 1.0))
+    with pytest.raises(PlanningError, match="unknown planning method"):
+        plan(profile, "greedy")
+    with pytest.raises(PlanningError, match="pins apply"):
+        plan(profile, "device_only", pin_device=["n0"])
+    with pytest.raises(PlanningError, match="limited to 1 nodes"):
+        exhaustive(profile, max_nodes=1)
+    for method in METHODS:
+        assert plan(profile, method).method == method
+
+
+def test_step_time_and_feasibility_reject_unknown_names():
+    profile = chain_profile([1], [1], [1], Link(1.0, 1.0))
+    assert is_feasible(profile, ["x"])
+    assert not is_feasible(profile, ["n0"])
+    with pytest.raises(PlanningError, match="unknown node"):
+        step_time(profile, ["x", "nope"])
+
+
+def test_constant_ops_may_run_on_either_side():
+    nodes = [
+        NodeCost("x", "input", (), 0, 0.0, 0.0),
+        op("const", [], 10, 5.0, 0.0),
+        op("f", ["x", "const"], 1, 5.0, 0.0),
+    ]
+    profile = Profile(nodes, ["f"], Link(100.0, 100.0))
+    assert server_only(profile).device == ("x",)
+    for method in ("full", "blockwise", "exhaustive"):
+        assert plan(profile, method).device == ("x",)
+
+
+def test_empty_profile():
+    profile = Profile([], [], Link(1.0, 1.0))
+    for method in METHODS:
+        result = plan(profile, method)
+        assert result.device == result.server == ()
+        assert result.predicted_step_s == 0.0
+
+
+def test_plan_json_has_exactly_the_spec_keys():
+    profile = residual_stack(2)
+    result = plan(profile)
+    data = result.to_json(baselines(profile))
+    assert list(data) == [
+        "method",
+        "device",
+        "server",
+        "cut",
+        "predicted_step_s",
+        "breakdown",
+        "baselines",
+        "solve_s",
+    ]
+    assert list(data["breakdown"]) == ["device_s", "server_s", "upload_s", "download_s", "rtt_s"]
+    assert set(data["baselines"]) == {"device_only", "server_only", "best_layerwise"}
+    assert data["device"] + data["server"] == profile.names
+    assert data["predicted_step_s"] == result.predicted_step_s
+    assert "baselines" not in result.to_json()
