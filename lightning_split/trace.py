@@ -225,7 +225,7 @@ def trace_module(
         raise TraceError(f"could not trace {cls_name}: gave up after making {list(auto_leaves)} leaves")
 
     if auto_leaves:
-        listed = "; ".join(f"{path} ({reason})" for path, reason in auto_leaves.items())
+        listed = "; ".join(f"{path} ({_first_sentence(reason)})" for path, reason in auto_leaves.items())
         warnings.warn(
             f"lightning_split: {len(auto_leaves)} submodule(s) of {cls_name} are not fx-traceable and "
             f"run as opaque leaves: {listed}. Pass leaf_modules=[...] to choose leaves yourself.",
@@ -341,6 +341,8 @@ def _split_leaf_spec(module: nn.Module, leaf_modules: Iterable[str | type]) -> t
     paths: set[str] = set()
     types: list[type] = []
     known = dict(module.named_modules())
+    if isinstance(leaf_modules, (str, type)):  # a single entry, not an iterable of characters
+        leaf_modules = [leaf_modules]
     for item in leaf_modules:
         if isinstance(item, type) and issubclass(item, nn.Module):
             types.append(item)
@@ -447,6 +449,11 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
     return f"{type(exc).__name__}: {message}"[:300]
+
+
+def _first_sentence(text: str) -> str:
+    head = text.split(". ", 1)[0]
+    return head if len(head) <= 120 else head[:117] + "..."
 
 
 def _identifier(name: str) -> str:

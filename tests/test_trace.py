@@ -21,6 +21,16 @@ from lightning_split.trace import TraceError, graph_fingerprint, trace_module
 LINK = Link.from_mbps(100, 100, rtt_ms=4)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run torch single-threaded: on a busy 2-core machine, 2 OpenMP threads spin-wait for each
+    other and a 0.1 s forward pass takes several seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def names(traced):
     return [info.name for info in traced.nodes]
 
@@ -280,6 +290,8 @@ def test_user_leaves_by_path_and_by_class():
         assert set(traced.leaf_modules) == {"body.0", "body.1"}
         assert traced.auto_leaves == {}
     assert by_path.fingerprint() == by_class.fingerprint()
+    single = trace_module(model, (x,), leaf_modules="body")
+    assert names(single) == ["x", "encoder_0", "encoder_1", "body", "head"]
     with pytest.raises(TraceError, match=r"body\.7"):
         trace_module(model, (x,), leaf_modules=["body.7"])
 
@@ -309,6 +321,45 @@ def test_non_tensor_arguments_are_fixed_and_branch():
     masked = trace_module(model, (x,), {"mask": torch.ones(8)})
     assert [i.name for i in masked.nodes if i.op == "placeholder"] == ["x", "mask"]
     assert len({plain.fingerprint(), features.fingerprint(), masked.fingerprint()}) == 3
+
+
+class Iterates(nn.Module):
+    def forward(self, x):
+        return torch.stack([row * 2 for row in x])
+
+
+class UsesLen(nn.Module):
+    def forward(self, x):
+        return x[: len(x) // 2]
+
+
+class VarArgs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.rows = Iterates()
+        self.halve = UsesLen()
+
+    def forward(self, *xs, scale=1.0, **extra):
+        h = self.fc(xs[0]) + xs[1] * scale
+        h = self.rows(h) + self.halve(torch.cat([h, h]))
+        return h + extra["bias"]
+
+
+def test_var_args_and_unsupported_calls():
+    model = VarArgs()
+    a, b, bias = torch.randn(3, 4), torch.randn(3, 4), torch.randn(4)
+    with pytest.warns(UserWarning, match="not fx-traceable") as record:
+        traced = trace_module(model, (a, b), {"bias": bias, "scale": 2.0, "mode": "fast"})
+    assert len(record) == 1
+    assert set(traced.auto_leaves) == {"rows", "halve"}
+    assert "iterated" in traced.auto_leaves["rows"]
+    assert "len" in traced.auto_leaves["halve"]
+    assert [i.name for i in traced.nodes if i.op == "placeholder"] == ["xs_0", "xs_1", "bias"]
+    assert traced.concrete_args == {"scale": 2.0, "mode": "fast"}
+    args = traced.graph_args(a, b, scale=2.0, bias=bias, mode="fast")
+    assert args == (a, b, bias)
+    torch.testing.assert_close(traced.graph_module(*args), model(a, b, bias=bias, scale=2.0, mode="fast"))
 
 
 def test_conv_out_bytes_and_linear_flops():
