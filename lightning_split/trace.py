@@ -249,7 +249,7 @@ def trace_module(
     return TracedModel(
         graph_module=gm,
         nodes=nodes,
-        outputs=_returned_names(graph),
+        outputs=_returned_names(gm.graph),
         leaf_modules=tuple(leaves),
         auto_leaves=auto_leaves,
         batch_size=_batch_size(inputs),
