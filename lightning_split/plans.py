@@ -18,8 +18,16 @@ from torch import fx, nn
 
 from lightning_split import planner
 from lightning_split.profile import Link, Profile
-from lightning_split.programs import SplitError, SplitSpec, device_spec_from_cut, make_spec, shared_across
-from lightning_split.trace import TracedModel, graph_summary, trace_module
+from lightning_split.programs import (
+    SplitError,
+    SplitSpec,
+    device_spec_from_cut,
+    example_skeleton,
+    graph_summary,
+    make_spec,
+    shared_across,
+)
+from lightning_split.trace import TracedModel, trace_module
 
 ProfileBuilder = Callable[[TracedModel, Link], Profile]
 
@@ -48,6 +56,7 @@ class SplitPlan:
     plan: planner.Plan | None = None
     baselines: dict[str, float] = field(default_factory=dict)
     pins: dict[str, str] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)
 
     @property
     def graph_module(self) -> fx.GraphModule:
@@ -82,7 +91,9 @@ class SplitPlan:
             for name, value in self.baselines.items():
                 lines.append(f"    vs {name:<15} {value * 1e3:10.2f} ms")
         if self.pins:
-            lines.append("  pinned to keep tied tensors on one side: " + ", ".join(f"{k}->{v}" for k, v in self.pins.items()))
+            lines.append(
+                "  pinned to keep tied tensors on one side: " + ", ".join(f"{k}->{v}" for k, v in self.pins.items())
+            )
         if self.traced.auto_leaves:
             lines.append("  untraceable submodules run whole: " + ", ".join(self.traced.auto_leaves))
         return "\n".join(lines)
@@ -103,12 +114,12 @@ class SplitPlan:
         return data
 
     def hello_fields(self) -> dict[str, Any]:
-        """What the server needs to rebuild and check the same graph."""
+        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
         return {
             "fingerprint": self.traced.fingerprint(),
             "graph": graph_summary(self.graph_module),
             "leaf_modules": list(self.traced.leaf_modules),
-            "concrete_args": _jsonable(self.traced.concrete_args),
+            "example": self.example,
         }
 
 
@@ -141,6 +152,7 @@ def make_plan(
     """
     traced = trace_module(module, tuple(args), dict(kwargs), leaf_modules)
     gm = traced.graph_module
+    example = {"args": example_skeleton(list(args)), "kwargs": example_skeleton(dict(kwargs))}
     if cut != "auto":
         names = [cut] if isinstance(cut, str) else list(cut)
         spec = device_spec_from_cut(gm, names)
@@ -151,7 +163,7 @@ def make_plan(
                 f"cut {names} splits the tied tensor {key!r}: device nodes {device_users} and server nodes "
                 f"{server_users} both use it. Cut after its last use, or use cut='auto' (it keeps tied tensors on one side)"
             )
-        return SplitPlan(traced, spec, f"cut={','.join(names)}")
+        return SplitPlan(traced, spec, f"cut={','.join(names)}", example=example)
 
     if isinstance(link, str):
         link = Link.parse(link)
@@ -164,7 +176,7 @@ def make_plan(
         profile = profile_builder(traced, link)
     best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server))
     spec = make_spec(gm, best.server)
-    return SplitPlan(traced, spec, "auto", profile, best, planner.baselines(profile), pins)
+    return SplitPlan(traced, spec, "auto", profile, best, planner.baselines(profile), pins, example)
 
 
 def _plan_keeping_tied_tensors(
@@ -216,13 +228,3 @@ def _bytes(size: float) -> str:
 
 def _profile_kind(profile: Profile) -> str:
     return "estimated from FLOPs" if profile.extra.get("estimated") else "measured"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool | int | float | str | type(None)):
-        return value
-    return repr(value)

@@ -18,6 +18,7 @@ the same :class:`SplitSpec`, so the server never receives code.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,7 +49,11 @@ class SplitSpec:
     server_outputs: tuple[str, ...]
 
     def to_json(self) -> dict[str, list[str]]:
-        return {"server_nodes": list(self.server_nodes), "cut": list(self.cut), "server_outputs": list(self.server_outputs)}
+        return {
+            "server_nodes": list(self.server_nodes),
+            "cut": list(self.cut),
+            "server_outputs": list(self.server_outputs),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SplitSpec:
@@ -56,6 +61,41 @@ class SplitSpec:
             return cls(*(tuple(str(name) for name in data[key]) for key in ("server_nodes", "cut", "server_outputs")))
         except (KeyError, TypeError) as exc:
             raise SplitError(f"malformed split spec: {exc!r}") from exc
+
+
+def graph_summary(gm: fx.GraphModule) -> list[list[str]]:
+    """``[name, op, target]`` per node: enough to say where two traces of a model differ."""
+    return [[node.name, node.op, str(node.target)] for node in gm.graph.nodes]
+
+
+def example_skeleton(value: Any) -> Any:
+    """Replace every tensor in a nested value by ``{"$tensor": [dtype, shape]}`` (JSON, no data)."""
+    if isinstance(value, torch.Tensor):
+        return {"$tensor": [str(value.dtype).removeprefix("torch."), list(value.shape)]}
+    if isinstance(value, dict):
+        return {str(k): example_skeleton(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(example_skeleton(v) for v in value)
+    return value
+
+
+def materialize_skeleton(value: Any, max_elements: int = 2**28) -> Any:
+    """Zero tensors for the descriptors of :func:`example_skeleton` (sizes checked first)."""
+    if isinstance(value, dict) and set(value) == {"$tensor"}:
+        try:
+            dtype_name, shape = value["$tensor"]
+            dtype = getattr(torch, str(dtype_name))
+            shape = [int(d) for d in shape]
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SplitError(f"malformed example tensor descriptor {value!r}") from exc
+        if not isinstance(dtype, torch.dtype) or any(d < 0 for d in shape) or math.prod(shape) > max_elements:
+            raise SplitError(f"refused example tensor descriptor {value!r}")
+        return torch.zeros(shape, dtype=dtype)
+    if isinstance(value, dict):
+        return {k: materialize_skeleton(v, max_elements) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(materialize_skeleton(v, max_elements) for v in value)
+    return value
 
 
 def cost_nodes(gm: fx.GraphModule) -> list[fx.Node]:

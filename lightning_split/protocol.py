@@ -37,7 +37,8 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
         "init_args": (dict,),
         "fingerprint": (str,),
         "leaf_modules": (list,),
-        "concrete_args": (dict,),
+        "example": (dict,),
+        "graph": (list,),
         "spec": (dict,),
         "optimizers": (list,),
         "state": (dict,),
@@ -104,14 +105,16 @@ def check_op(op: Any, index: int = 0) -> dict[str, Any]:
         raise ProtocolError(f"op {index} ({name}): unexpected field(s) {', '.join(extra)}")
     for key, types in schema.items():
         if key not in op:
-            if name == "hello" and key in ("session", "cut_specs", "output_specs", "concrete_args", "leaf_modules"):
+            if name == "hello" and key in ("session", "cut_specs", "output_specs", "leaf_modules", "graph"):
                 continue
             raise ProtocolError(f"op {index} ({name}): missing field {key!r}")
         value = op[key]
         if isinstance(value, bool) and bool not in types:
             raise ProtocolError(f"op {index} ({name}): field {key!r} must be {_names(types)}, got a bool")
         if not isinstance(value, types):
-            raise ProtocolError(f"op {index} ({name}): field {key!r} must be {_names(types)}, got {type(value).__name__}")
+            raise ProtocolError(
+                f"op {index} ({name}): field {key!r} must be {_names(types)}, got {type(value).__name__}"
+            )
     return op
 
 

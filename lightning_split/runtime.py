@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import math
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -402,9 +401,11 @@ def _hparams(group: dict[str, Any]) -> dict[str, Any]:
     for key, value in group.items():
         if key == "params":
             continue
-        if isinstance(value, bool | int | str | type(None)) or (isinstance(value, float) and math.isfinite(value)):
-            result[key] = value
-        elif isinstance(value, float):
+        if (
+            isinstance(value, bool | int | str | type(None))
+            or (isinstance(value, float) and math.isfinite(value))
+            or isinstance(value, float)
+        ):
             result[key] = value
         elif isinstance(value, tuple | list) and all(isinstance(v, int | float) for v in value):
             result[key] = list(value)

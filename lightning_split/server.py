@@ -34,9 +34,9 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from lightning_split import protocol, wire
-from lightning_split.programs import SplitError, SplitSpec, make_spec
+from lightning_split.programs import SplitError, SplitSpec, graph_summary, make_spec, materialize_skeleton
 from lightning_split.session import OptimizerSpec, ServerSession, SessionError
-from lightning_split.trace import graph_fingerprint, graph_summary, trace_graph
+from lightning_split.trace import TraceError, trace_module
 
 log = logging.getLogger("lightning_split.server")
 
@@ -76,10 +76,16 @@ class ModelHost:
         try:
             model = self.factory(init_args)
         except Exception as exc:
-            raise SessionError(f"cannot instantiate {self.name}({_short(init_args)}): {type(exc).__name__}: {exc}") from exc
-        graph = trace_graph(model, hello.get("leaf_modules", ()), hello.get("concrete_args") or {})
-        fingerprint = graph_fingerprint(graph)
-        if fingerprint != hello["fingerprint"]:
+            raise SessionError(
+                f"cannot instantiate {self.name}({_short(init_args)}): {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            example = materialize_skeleton(hello["example"])
+            traced = trace_module(model, tuple(example["args"]), dict(example["kwargs"]), hello.get("leaf_modules", ()))
+        except (SplitError, TraceError, KeyError, TypeError) as exc:
+            raise SessionError(f"the server cannot trace its {self.name}: {exc}") from exc
+        graph = traced.graph_module
+        if traced.fingerprint() != hello["fingerprint"]:
             raise SessionError(
                 f"the server's {self.name} traces to a different graph than the device's: "
                 f"{_first_difference(hello.get('graph'), graph_summary(graph))}. "
@@ -218,7 +224,9 @@ class SplitServer:
             return None
         raise SessionError(f"op {name!r} is not served")
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8765, ssl_context: ssl.SSLContext | None = None) -> Server:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 8765, ssl_context: ssl.SSLContext | None = None
+    ) -> Server:
         """Start listening; returns the websockets ``Server`` (its sockets tell the bound port)."""
         return await serve(
             self.handle,

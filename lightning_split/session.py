@@ -219,14 +219,15 @@ class ServerSession:
             if grad is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
                 continue
             if grad.shape != output.shape:
-                raise SessionError(f"gradient of shape {tuple(grad.shape)} for an output of shape {tuple(output.shape)}")
+                raise SessionError(
+                    f"gradient of shape {tuple(grad.shape)} for an output of shape {tuple(output.shape)}"
+                )
             tensors.append(output)
             grad_tensors.append(grad.to(device=self.device, dtype=output.dtype))
         if tensors:
             torch.autograd.backward(tensors, grad_tensors)
         result = [
-            _to_cpu(value.grad) if isinstance(value, torch.Tensor) and value.requires_grad else None
-            for value in inputs
+            _to_cpu(value.grad) if isinstance(value, torch.Tensor) and value.requires_grad else None for value in inputs
         ]
         self.compute_s += time.perf_counter() - started
         return result

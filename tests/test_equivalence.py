@@ -1,0 +1,103 @@
+"""Split training must give the same parameters as local training (float32, same seed)."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_split import SplitStrategy
+from tests.models import DagNet, loader
+
+STEPS = 20
+
+
+def trainer(strategy=None, **kwargs) -> L.Trainer:
+    options = dict(
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    options.update(kwargs)
+    if strategy is not None:
+        options["strategy"] = strategy
+    return L.Trainer(**options)
+
+
+def fit_pair(model_kwargs: dict, trainer_kwargs: dict, server: str | None, cut="b"):
+    torch.manual_seed(0)
+    local = DagNet(**model_kwargs)
+    split = copy.deepcopy(local)
+    trainer(**trainer_kwargs).fit(local, loader())
+    strategy = SplitStrategy(server=server, cut=cut)
+    trainer(strategy, **trainer_kwargs).fit(split, loader())
+    return local, split, strategy
+
+
+def assert_same_parameters(local, split, atol=1e-5):
+    local_state, split_state = local.state_dict(), split.state_dict()
+    assert local_state.keys() == split_state.keys()
+    for key, value in local_state.items():
+        assert split_state[key].shape == value.shape, key
+        torch.testing.assert_close(split_state[key], value, atol=atol, rtol=0, msg=f"{key} differs")
+
+
+CASES = {
+    "sgd_momentum": ({"optimizer": "sgd", "momentum": 0.9}, {}),
+    "adam_steplr": ({"optimizer": "adam", "lr": 0.01, "scheduler": True}, {}),
+    "accumulate_2": ({"optimizer": "sgd"}, {"accumulate_grad_batches": 2}),
+    "clip_norm": ({"optimizer": "sgd"}, {"gradient_clip_val": 0.3, "gradient_clip_algorithm": "norm"}),
+    "clip_value": ({"optimizer": "sgd"}, {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"}),
+    "manual": ({"optimizer": "adam", "lr": 0.01, "manual": True, "manual_clip": 0.3, "scheduler": True}, {}),
+    "dropout_in_suffix": ({"optimizer": "sgd", "dropout": 0.3}, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_embedded_server_equals_local(case):
+    model_kwargs, trainer_kwargs = CASES[case]
+    local, split, strategy = fit_pair(model_kwargs, trainer_kwargs, server=None)
+    assert strategy.plan is not None and set(strategy.plan.spec.cut) == {"add", "b"}
+    assert_same_parameters(local, split)
+
+
+@pytest.mark.parametrize("case", ["sgd_momentum", "adam_steplr", "clip_norm", "manual"])
+def test_server_process_equals_local(case, dagnet_server):
+    model_kwargs, trainer_kwargs = CASES[case]
+    local, split, _ = fit_pair(model_kwargs, trainer_kwargs, server=dagnet_server.url)
+    assert_same_parameters(local, split)
+
+
+def test_clipping_really_clips():
+    """Guard for the clip cases: with this threshold, clipping changes the result."""
+    torch.manual_seed(0)
+    clipped, plain = DagNet(), None
+    plain = copy.deepcopy(clipped)
+    trainer(gradient_clip_val=0.3).fit(clipped, loader())
+    trainer().fit(plain, loader())
+    assert not torch.allclose(clipped.head.weight, plain.head.weight, atol=1e-4)
+
+
+def test_eval_outputs_equal_local():
+    torch.manual_seed(0)
+    local = DagNet()
+    split = copy.deepcopy(local)
+    strategy = SplitStrategy(cut="b")
+    local_preds = trainer().predict(local, loader(96))
+    split_preds = trainer(strategy).predict(split, loader(96))
+    for a, b in zip(local_preds, split_preds):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    local_val = trainer().validate(local, loader(96), verbose=False)
+    split_val = trainer(SplitStrategy(cut="b")).validate(split, loader(96), verbose=False)
+    assert local_val[0]["val_loss"] == pytest.approx(split_val[0]["val_loss"], abs=1e-6)
+    local_test = trainer().test(local, loader(96), verbose=False)
+    split_test = trainer(SplitStrategy(cut="b")).test(split, loader(96), verbose=False)
+    assert local_test == split_test
