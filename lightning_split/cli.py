@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
+logger = logging.getLogger("lightning_split.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cpu", help="torch device for the suffixes: cpu or cuda (default: cpu)")
     serve.add_argument("--init-args", help="JSON object of constructor arguments, used instead of the client's")
     serve.set_defaults(run=_serve)
+
+    _add_plan_parser(commands)
     return parser
 
 
@@ -84,6 +87,224 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return 0
+
+
+_PLAN_HELP = """\
+Plan the device/server placement of minimum predicted step time (SPEC.md sections 1 and 3).
+
+From a profile file:   lightning-split plan PROFILE.json [--method blockwise|full] [--json]
+From a model (estimated from FLOPs, nothing is measured):
+  lightning-split plan --model pkg.module:Class --input-shape 32,3,32,32 [--device-gflops G]
+      [--server-gflops G] [--uplink-mbps M] [--downlink-mbps M] [--rtt-ms R] [--out PROFILE.json] [--json]
+"""
+
+# Options that only make sense when the profile is estimated from --model (a profile file
+# carries its own node costs and link).
+_MODEL_ONLY = (
+    ("input_shape", "--input-shape"),
+    ("init_args", "--init-args"),
+    ("leaf_module", "--leaf-module"),
+    ("device_gflops", "--device-gflops"),
+    ("server_gflops", "--server-gflops"),
+    ("uplink_mbps", "--uplink-mbps"),
+    ("downlink_mbps", "--downlink-mbps"),
+    ("rtt_ms", "--rtt-ms"),
+    ("out", "--out"),
+)
+_DEFAULT_UPLINK_MBPS = 100.0
+_DEFAULT_RTT_MS = 2.0
+
+
+def _add_plan_parser(commands: Any) -> None:
+    from lightning_split.estimate import DEFAULT_DEVICE_GFLOPS, DEFAULT_SERVER_GFLOPS
+
+    plan = commands.add_parser(
+        "plan",
+        help="plan the optimal device/server cut of a profile or a model",
+        description=_PLAN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("profile", nargs="?", metavar="PROFILE.json", help="a lightning-split-profile/1 file to plan")
+    plan.add_argument(
+        "--method",
+        choices=("blockwise", "full"),
+        default="blockwise",
+        help="blockwise (series decomposition, fast) or full (one min cut); both are exact (default: blockwise)",
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object (SPEC.md section 3), not a table")
+    model = plan.add_argument_group("estimating a profile from a model (instead of PROFILE.json)")
+    model.add_argument(
+        "--model", metavar="pkg.module:Class", help="the model class, as pkg.module:Class (imported and traced here)"
+    )
+    model.add_argument(
+        "--input-shape",
+        metavar="SHAPE",
+        help="shape of one training batch, e.g. 32,3,32,32 (default: the model's example_input_array)",
+    )
+    model.add_argument("--init-args", metavar="JSON", help="JSON object of constructor arguments (default: none)")
+    model.add_argument(
+        "--leaf-module",
+        action="append",
+        metavar="PATH",
+        help="module path to keep as one opaque node, e.g. backbone.layer3 (repeatable)",
+    )
+    model.add_argument(
+        "--device-gflops",
+        type=float,
+        metavar="G",
+        help=f"effective GFLOP/s of the device (default: {DEFAULT_DEVICE_GFLOPS:g}, a Jetson Nano class board)",
+    )
+    model.add_argument(
+        "--server-gflops",
+        type=float,
+        metavar="G",
+        help=f"effective GFLOP/s of the server (default: {DEFAULT_SERVER_GFLOPS:g}, a T4 class GPU)",
+    )
+    model.add_argument(
+        "--uplink-mbps", type=float, metavar="M", help=f"device to server Mbit/s (default: {_DEFAULT_UPLINK_MBPS:g})"
+    )
+    model.add_argument("--downlink-mbps", type=float, metavar="M", help="server to device Mbit/s (default: the uplink)")
+    model.add_argument(
+        "--rtt-ms", type=float, metavar="R", help=f"round-trip time in ms (default: {_DEFAULT_RTT_MS:g})"
+    )
+    model.add_argument("--out", metavar="PROFILE.json", help="also write the estimated profile to this file")
+    plan.set_defaults(run=_plan)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from lightning_split.planner import PlanningError, baselines, plan
+    from lightning_split.report import render_plan
+
+    if args.profile and args.model:
+        raise CommandError("give either PROFILE.json or --model, not both")
+    if args.profile:
+        given = [flag for attr, flag in _MODEL_ONLY if getattr(args, attr) is not None]
+        if given:
+            raise CommandError(f"{', '.join(given)} only apply with --model; a profile file has its own costs and link")
+        profile, title = _load_profile(args.profile)
+    elif args.model:
+        profile, title = _estimate(args)
+    else:
+        raise CommandError("give a profile file (plan PROFILE.json) or a model (plan --model pkg.module:Class ...)")
+
+    try:
+        result = plan(profile, args.method)
+        against = baselines(profile)
+    except PlanningError as exc:
+        raise CommandError(_one_line(str(exc))) from exc
+    if args.json:
+        print(json.dumps(result.to_json(against)))
+    else:
+        print(render_plan(profile, result, against, title=title))
+    return 0
+
+
+def _load_profile(path: str) -> tuple[Any, str]:
+    from lightning_split.profile import Profile, ProfileError
+
+    try:
+        profile = Profile.load(path)
+    except OSError as exc:
+        raise CommandError(f"cannot read the profile {path}: {exc.strerror or exc}") from exc
+    except ProfileError as exc:
+        raise CommandError(f"{path}: {_one_line(str(exc))}") from exc
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        # Wrong JSON types inside an otherwise well-formed file (a node that is not an object, ...).
+        raise CommandError(f"{path}: malformed profile ({type(exc).__name__}: {_one_line(str(exc))})") from exc
+    return profile, str(profile.extra.get("model") or profile.extra.get("name") or path)
+
+
+def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
+    """Import, build, trace and estimate the model of ``--model``; write ``--out`` if asked."""
+    import torch
+
+    from lightning_split.estimate import (
+        DEFAULT_DEVICE_GFLOPS,
+        DEFAULT_SERVER_GFLOPS,
+        estimate_profile,
+        example_inputs_for,
+    )
+    from lightning_split.profile import Link, ProfileError
+    from lightning_split.trace import trace_module
+
+    shape = _input_shape(args.input_shape) if args.input_shape is not None else None
+    uplink = _DEFAULT_UPLINK_MBPS if args.uplink_mbps is None else args.uplink_mbps
+    downlink = uplink if args.downlink_mbps is None else args.downlink_mbps
+    rtt = _DEFAULT_RTT_MS if args.rtt_ms is None else args.rtt_ms
+    link = Link.from_mbps(uplink, downlink, rtt)
+    try:
+        link.validate()
+    except ProfileError as exc:
+        raise CommandError(f"bad link (--uplink-mbps/--downlink-mbps/--rtt-ms): {exc}") from exc
+
+    factory = _import_model_factory(args.model)
+    init_args = _json_object(args.init_args, "--init-args") if args.init_args else {}
+    try:
+        model = factory(**init_args)
+    except Exception as exc:  # the user's constructor can raise anything
+        raise CommandError(f"cannot build {args.model}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise CommandError(f"{args.model} built a {type(model).__name__}, not a torch.nn.Module")
+    try:
+        inputs = example_inputs_for(model, shape)
+    except ValueError as exc:
+        raise CommandError(_one_line(str(exc))) from exc
+    logger.info("tracing %s on inputs of shape %s", args.model, [tuple(getattr(x, "shape", ())) for x in inputs])
+    try:
+        traced = trace_module(model, inputs, leaf_modules=args.leaf_module or ())
+    except Exception as exc:  # TraceError, or the forward failing on the given shape
+        raise CommandError(f"cannot trace {args.model}: {_one_line(str(exc))}") from exc
+    try:
+        profile = estimate_profile(
+            traced,
+            link,
+            device_gflops=DEFAULT_DEVICE_GFLOPS if args.device_gflops is None else args.device_gflops,
+            server_gflops=DEFAULT_SERVER_GFLOPS if args.server_gflops is None else args.server_gflops,
+        )
+    except ValueError as exc:
+        raise CommandError(_one_line(str(exc))) from exc
+    profile.extra["model"] = args.model
+    if init_args:
+        profile.extra["init_args"] = init_args
+    if args.out:
+        try:
+            profile.save(args.out)
+        except OSError as exc:
+            raise CommandError(f"cannot write the profile to {args.out}: {exc.strerror or exc}") from exc
+        logger.info("wrote the estimated profile to %s", args.out)
+    return profile, args.model
+
+
+def _import_model_factory(spec: str) -> Any:
+    """The class named by ``pkg.module:Class``, or a function building the model (``torchvision.models:resnet18``)."""
+    try:
+        return _import_model(spec)
+    except CommandError:
+        # model_from_path accepts classes only; by now the module is imported if it exists.
+        module_name, _, attr_path = spec.partition(":")
+        obj: Any = sys.modules.get(module_name)
+        for part in attr_path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None or not callable(obj) or not attr_path:
+            raise
+        return obj
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.replace("x", ",").split(",")]
+    try:
+        shape = tuple(int(part) for part in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(size <= 0 for size in shape):
+        raise CommandError(
+            f"--input-shape must be positive integers separated by commas, e.g. 32,3,32,32; got {text!r}"
+        )
+    return shape
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _read_token(path: str | None) -> str | None:

@@ -1,0 +1,154 @@
+"""Human-readable plan reports: the table ``lightning-split plan`` prints.
+
+:func:`render_plan` turns a profile, its plan and the baseline costs into plain text (no
+colours, no terminal width assumptions) so the CLI, ``SplitStrategy`` logs and notebooks can
+all show the same thing. It needs no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from lightning_split.planner import Plan
+from lightning_split.profile import Link, NodeCost, Profile
+
+__all__ = ["format_bytes", "format_link", "render_plan"]
+
+_BASELINE_LABELS = {
+    "device_only": "device only",
+    "server_only": "server only",
+    "best_layerwise": "best layerwise",
+}
+
+
+def format_bytes(size: float) -> str:
+    """``512 B``, ``3.0 KiB``, ``1.50 MiB``, ``2.00 GiB``: binary units, three significant-ish digits."""
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit, scale in (("KiB", 1024.0), ("MiB", 1024.0**2), ("GiB", 1024.0**3)):
+        value = size / scale
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _format_rate(bytes_per_s: float) -> str:
+    if math.isinf(bytes_per_s):
+        return "unlimited"
+    return f"{bytes_per_s * 8 / 1e6:g} Mbit/s"
+
+
+def format_link(link: Link) -> str:
+    """The link as ``"100 Mbit/s up, 100 Mbit/s down, rtt 2 ms"``."""
+    return (
+        f"{_format_rate(link.uplink_bytes_per_s)} up, {_format_rate(link.downlink_bytes_per_s)} down, "
+        f"rtt {link.rtt_s * 1e3:g} ms"
+    )
+
+
+def _format_shape(node: NodeCost) -> str:
+    shape = node.extra.get("shape")
+    if isinstance(shape, Sequence) and not isinstance(shape, str) and shape:
+        return "x".join(str(size) for size in shape)
+    return "-"
+
+
+def _count(items: Sequence[object], noun: str) -> str:
+    return f"{len(items)} {noun}" + ("" if len(items) == 1 else "s")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+    """Rows indented by two spaces, columns padded to their widest cell (right-aligned where asked)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
+
+
+def render_plan(profile: Profile, plan: Plan, baselines: Mapping[str, float], title: str | None = None) -> str:
+    """Render a plan as a plain-text report.
+
+    Sections: what was planned (model or profile name, node count, link, how many nodes run
+    where), the cut (each crossing tensor's node, shape when the profile records one, and
+    size), where the predicted step time goes (the five terms of ``SPEC.md`` section 1 and
+    their total), the plan against each baseline (ms and the reduction), and the solve time.
+
+    Args:
+        profile: the profile the plan was made from (node shapes and sizes come from it).
+        plan: the plan to show.
+        baselines: ``{"device_only": s, "server_only": s, "best_layerwise": s}`` as returned by
+            :func:`lightning_split.planner.baselines`; unknown keys are shown under their own name.
+        title: what was planned; defaults to the profile's ``model`` or ``name`` field.
+
+    Returns:
+        The report, lines joined by ``\\n``, without a trailing newline.
+    """
+    nodes = {node.name: node for node in profile.nodes}
+    name = title or profile.extra.get("model") or profile.extra.get("name") or "profile"
+    details = []
+    if profile.extra.get("estimated"):
+        details.append("estimated from FLOPs")
+    if profile.extra.get("batch_size") is not None:
+        details.append(f"batch {profile.extra['batch_size']}")
+    lines = [f"Plan for {name}" + (f" ({', '.join(details)})" if details else "")]
+    lines.append(f"  {_count(profile.nodes, 'node')}; link {format_link(profile.link)}")
+    lines.append(
+        f"  method {plan.method}: {_count(plan.device, 'node')} on the device, {len(plan.server)} on the server"
+    )
+
+    lines.append("")
+    if plan.cut:
+        crossing = sum(nodes[cut].out_bytes for cut in plan.cut)
+        verb = "crosses" if len(plan.cut) == 1 else "cross"
+        lines.append(
+            f"Cut: {_count(plan.cut, 'tensor')} {verb} to the server "
+            f"({format_bytes(crossing)} per step; the gradients come back)"
+        )
+        rows = [[cut, _format_shape(nodes[cut]), format_bytes(nodes[cut].out_bytes)] for cut in plan.cut]
+        lines += _table(["node", "shape", "size"], rows, [False, False, True])
+    elif not plan.server:
+        lines.append("Cut: none, the whole model runs on the device")
+    else:
+        lines.append("Cut: no tensor crosses to the server")
+    server = set(plan.server)
+    returned = [output for output in profile.outputs if output in server]
+    if returned:
+        listed = ", ".join(
+            f"{output} ({_format_shape(nodes[output])}, {format_bytes(nodes[output].out_bytes)})" for output in returned
+        )
+        lines.append(f"Model outputs sent back to the device: {listed}")
+
+    lines.append("")
+    terms = plan.breakdown
+    total = plan.predicted_step_s
+    parts = [
+        ("device compute", terms.device_s),
+        ("server compute", terms.server_s),
+        ("upload", terms.upload_s),
+        ("download", terms.download_s),
+        ("round trips (2 x rtt)", terms.rtt_s),
+    ]
+    rows = [[label, _ms(value), f"{100 * value / total:.1f}%" if total > 0 else "-"] for label, value in parts]
+    rows.append(["total (predicted step)", _ms(total), "100.0%" if total > 0 else "-"])
+    lines.append("Where the time goes")
+    lines += _table(["term", "ms", "share"], rows, [False, True, True])
+
+    if baselines:
+        lines.append("")
+        lines.append("Against the baselines")
+        rows = []
+        for key, value in baselines.items():
+            saved = f"{100 * (value - total) / value:.1f}%" if value > 0 else "-"
+            rows.append([_BASELINE_LABELS.get(key, key), _ms(value), saved])
+        lines += _table(["baseline", "ms", "plan saves"], rows, [False, True, True])
+
+    lines.append("")
+    lines.append(f"Solved in {plan.solve_s * 1e3:.1f} ms")
+    return "\n".join(lines)
