@@ -126,6 +126,7 @@ class SplitRuntime:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.rng_sync = False
         self.released = False
+        self.opened = False
         self._ids = itertools.count()
         self._pending: set[int] = set()
         self._forgotten: collections.deque[int] = collections.deque()
@@ -155,6 +156,7 @@ class SplitRuntime:
         }
         (reply,) = self.remote.call([hello])
         self.rng_sync = bool(reply.get("rng_sync", False))
+        self.opened = True
         self._move_optimizer_state_to_server()
         if self.release_server_state:
             self.release()
@@ -162,6 +164,9 @@ class SplitRuntime:
     def close(self) -> None:
         """Bring the suffix's state home and end the session."""
         if not self.is_split or self.remote is None:
+            return
+        if not self.opened:
+            self.remote.close()
             return
         try:
             self.pull_state()
@@ -401,11 +406,7 @@ def _hparams(group: dict[str, Any]) -> dict[str, Any]:
     for key, value in group.items():
         if key == "params":
             continue
-        if (
-            isinstance(value, bool | int | str | type(None))
-            or (isinstance(value, float) and math.isfinite(value))
-            or isinstance(value, float)
-        ):
+        if isinstance(value, bool | int | float | str | type(None)):
             result[key] = value
         elif isinstance(value, tuple | list) and all(isinstance(v, int | float) for v in value):
             result[key] = list(value)

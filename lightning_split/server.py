@@ -72,6 +72,10 @@ class ModelHost:
                 f"this server serves {self.name}, the device trains {hello['model']}: start the server with "
                 f"--model {hello['model']}"
             )
+        with torch.random.fork_rng(devices=[]):  # building a session must not move anyone's random stream
+            return self._open(hello)
+
+    def _open(self, hello: Mapping[str, Any]) -> ServerSession:
         init_args = self.init_args if self.init_args is not None else hello["init_args"]
         try:
             model = self.factory(init_args)

@@ -36,8 +36,10 @@ def fit_pair(model_kwargs: dict, trainer_kwargs: dict, server: str | None, cut="
     torch.manual_seed(0)
     local = DagNet(**model_kwargs)
     split = copy.deepcopy(local)
+    torch.manual_seed(1)
     trainer(**trainer_kwargs).fit(local, loader())
     strategy = SplitStrategy(server=server, cut=cut)
+    torch.manual_seed(1)
     trainer(strategy, **trainer_kwargs).fit(split, loader())
     return local, split, strategy
 
@@ -69,7 +71,7 @@ def test_embedded_server_equals_local(case):
     assert_same_parameters(local, split)
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum", "adam_steplr", "clip_norm", "manual"])
+@pytest.mark.parametrize("case", ["sgd_momentum", "adam_steplr", "clip_norm", "manual", "dropout_in_suffix"])
 def test_server_process_equals_local(case, dagnet_server):
     model_kwargs, trainer_kwargs = CASES[case]
     local, split, _ = fit_pair(model_kwargs, trainer_kwargs, server=dagnet_server.url)
