@@ -94,6 +94,7 @@ __all__ = [
 METHODS = ("blockwise", "full", "exhaustive", "device_only", "server_only", "best_layerwise")
 _PICOSECONDS = 1e12
 _FLOW_FUNC = preflow_push
+_SMALL_SEGMENT = 64  # ranges of fewer nodes are cut by _augmenting_min_cut instead of networkx
 
 
 class PlanningError(ValueError):
@@ -192,26 +193,36 @@ def _device_mask(profile: Profile, device: Iterable[str]) -> list[bool]:
     return [node.name in wanted for node in profile.nodes]
 
 
-def _breakdown(profile: Profile, on_device: list[bool]) -> Breakdown:
-    index = {node.name: i for i, node in enumerate(profile.nodes)}
-    link = profile.link
+def _graph(profile: Profile) -> tuple[dict[str, int], list[tuple[int, ...]]]:
+    """Position of each name in graph order, and each node's distinct input positions."""
+    position = {node.name: i for i, node in enumerate(profile.nodes)}
+    inputs = [
+        (position[node.inputs[0]],) if len(node.inputs) == 1 else tuple(dict.fromkeys(position[n] for n in node.inputs))
+        for node in profile.nodes
+    ]
+    return position, inputs
+
+
+def _breakdown(
+    profile: Profile, on_device: list[bool], position: dict[str, int], inputs: list[tuple[int, ...]]
+) -> Breakdown:
+    nodes, link = profile.nodes, profile.link
     device_s = server_s = 0.0
     crossing: set[int] = set()
-    for i, node in enumerate(profile.nodes):
+    for i, node in enumerate(nodes):
         if on_device[i]:
             device_s += node.device_s
         else:
             server_s += node.server_s
-            crossing.update(j for j in (index[name] for name in node.inputs) if on_device[j])
-    returned = {index[name] for name in profile.outputs if not on_device[index[name]]}
-    sent = sum(profile.nodes[i].out_bytes for i in crossing) + sum(profile.nodes[i].out_bytes for i in returned)
-    any_server = not all(on_device)
+            crossing.update(u for u in inputs[i] if on_device[u])
+    crossing.update(position[name] for name in profile.outputs if not on_device[position[name]])
+    sent = sum(nodes[i].out_bytes for i in crossing)  # an output on the server is never a crossing device node
     return Breakdown(
         device_s=device_s,
         server_s=server_s,
         upload_s=sent / link.uplink_bytes_per_s,
         download_s=sent / link.downlink_bytes_per_s,
-        rtt_s=2.0 * link.rtt_s if any_server else 0.0,
+        rtt_s=0.0 if all(on_device) else 2.0 * link.rtt_s,
     )
 
 
@@ -230,7 +241,7 @@ def step_time(profile: Profile, device: Iterable[str]) -> Breakdown:
     Raises:
         PlanningError: a name is not a node of the profile.
     """
-    return _breakdown(profile, _device_mask(profile, device))
+    return _breakdown(profile, _device_mask(profile, device), *_graph(profile))
 
 
 def is_feasible(profile: Profile, device: Iterable[str]) -> bool:
@@ -240,11 +251,11 @@ def is_feasible(profile: Profile, device: Iterable[str]) -> bool:
         PlanningError: a name is not a node of the profile.
     """
     on_device = _device_mask(profile, device)
-    index = {node.name: i for i, node in enumerate(profile.nodes)}
+    _, inputs = _graph(profile)
     for i, node in enumerate(profile.nodes):
         if node.kind == "input" and not on_device[i]:
             return False
-        if on_device[i] and not all(on_device[index[name]] for name in node.inputs):
+        if on_device[i] and not all(on_device[u] for u in inputs[i]):
             return False
     return True
 
@@ -254,23 +265,29 @@ def _names(names: Iterable[str]) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-def _make_plan(profile: Profile, method: str, device: Iterable[int], started: float) -> Plan:
-    on_device = [False] * len(profile.nodes)
+def _make_plan(
+    profile: Profile,
+    method: str,
+    device: Iterable[int],
+    started: float,
+    graph: tuple[dict[str, int], list[tuple[int, ...]]] | None = None,
+) -> Plan:
+    position, inputs = graph or _graph(profile)
+    nodes = profile.nodes
+    on_device = [False] * len(nodes)
     for i in device:
         on_device[i] = True
-    index = {node.name: i for i, node in enumerate(profile.nodes)}
-    crossing = [False] * len(profile.nodes)
-    for i, node in enumerate(profile.nodes):
+    crossing = [False] * len(nodes)
+    for i, sources in enumerate(inputs):
         if not on_device[i]:
-            for name in node.inputs:
-                crossing[index[name]] = True
-    breakdown = _breakdown(profile, on_device)
-    nodes = profile.nodes
+            for u in sources:
+                crossing[u] = True
+    breakdown = _breakdown(profile, on_device, position, inputs)
     return Plan(
         method=method,
-        device=tuple(node.name for i, node in enumerate(nodes) if on_device[i]),
-        server=tuple(node.name for i, node in enumerate(nodes) if not on_device[i]),
-        cut=tuple(node.name for i, node in enumerate(nodes) if on_device[i] and crossing[i]),
+        device=tuple(node.name for node, here in zip(nodes, on_device) if here),
+        server=tuple(node.name for node, here in zip(nodes, on_device) if not here),
+        cut=tuple(node.name for node, here, sent in zip(nodes, on_device, crossing) if here and sent),
         predicted_step_s=breakdown.total,
         breakdown=breakdown,
         solve_s=time.perf_counter() - started,
@@ -291,29 +308,26 @@ class _Costs:
     __slots__ = ("consumers", "dev", "inputs", "is_input", "n", "names", "position", "rtt2", "srv", "xfer")
 
     def __init__(self, profile: Profile) -> None:
-        link = profile.link
-        per_byte = link.seconds_per_byte_round_trip
-        outputs = set(profile.outputs)
-        self.names = [node.name for node in profile.nodes]
-        self.n = len(self.names)
-        self.position = position = {name: i for i, name in enumerate(self.names)}
-        self.inputs: list[tuple[int, ...]] = []
-        self.consumers: list[list[int]] = [[] for _ in range(self.n)]
-        self.dev: list[int] = []
-        self.srv: list[int] = []
-        self.xfer: list[int] = []
-        self.is_input: list[bool] = []
-        for w, node in enumerate(profile.nodes):
-            sources = tuple(dict.fromkeys(position[name] for name in node.inputs))
-            self.inputs.append(sources)
+        nodes = profile.nodes
+        self.position, self.inputs = _graph(profile)
+        self.names = [node.name for node in nodes]
+        self.n = len(nodes)
+        self.consumers: list[list[int]] = [[] for _ in nodes]
+        for w, sources in enumerate(self.inputs):
             for u in sources:
                 self.consumers[u].append(w)
-            trip = round(node.out_bytes * per_byte * _PICOSECONDS)
-            self.dev.append(round(node.device_s * _PICOSECONDS))
-            self.srv.append(round(node.server_s * _PICOSECONDS) + (trip if node.name in outputs else 0))
-            self.xfer.append(trip)
-            self.is_input.append(node.kind == "input")
-        self.rtt2 = round(2.0 * link.rtt_s * _PICOSECONDS)
+        scale = profile.link.seconds_per_byte_round_trip * _PICOSECONDS
+        self.xfer = [round(node.out_bytes * scale) for node in nodes]
+        self.dev = [round(node.device_s * _PICOSECONDS) for node in nodes]
+        self.srv = [round(node.server_s * _PICOSECONDS) for node in nodes]
+        for v in {self.position[name] for name in profile.outputs}:
+            self.srv[v] += self.xfer[v]
+        self.is_input = [node.kind == "input" for node in nodes]
+        self.rtt2 = round(2.0 * profile.link.rtt_s * _PICOSECONDS)
+
+    @property
+    def graph(self) -> tuple[dict[str, int], list[tuple[int, ...]]]:
+        return self.position, self.inputs
 
 
 def _resolve_pins(costs: _Costs, pin_device: Iterable[str], pin_server: Iterable[str]) -> tuple[set[int], set[int]]:
@@ -363,42 +377,113 @@ def _resolve_pins(costs: _Costs, pin_device: Iterable[str], pin_server: Iterable
     return on_device, on_server
 
 
-def _min_cut(costs: _Costs, lo: int, hi: int, on_device: set[int], on_server: set[int]) -> tuple[int, list[int]]:
-    """Minimum cut of the nodes ``lo..hi`` (see the module docstring): (value, device positions).
+_Edge = tuple[int, int, "int | None"]
 
-    Every node of the range that is not pinned to the server must have all its consumers in the
-    range; a server-pinned node's consumers outside it are ignored (it pays no transfer).
+
+def _cut_edges(costs: _Costs, lo: int, hi: int, on_device: set[int], on_server: set[int]) -> list[_Edge]:
+    """Edges ``(u, v, capacity)`` of the cut graph of the nodes ``lo..hi``; capacity ``None`` is infinite.
+
+    The source is ``-1``, the sink ``-2``, the auxiliary vertex of node ``v`` is ``n + v``. Every
+    node of the range that is not pinned to the server must have all its consumers in the range;
+    a server-pinned node's consumers outside it are ignored (it pays no transfer).
     """
-    n = costs.n
-    source, sink = -1, -2
-    graph = nx.DiGraph()
-    graph.add_node(source)
-    graph.add_node(sink)
-    add = graph.add_edge
+    n, source, sink = costs.n, -1, -2
+    edges: list[_Edge] = []
+    add = edges.append
     for v in range(lo, hi + 1):
         if v in on_device:
-            add(source, v)
+            add((source, v, None))
         elif costs.srv[v]:
-            add(source, v, capacity=costs.srv[v])
+            add((source, v, costs.srv[v]))
         if v in on_server:
-            add(v, sink)
+            add((v, sink, None))
             consumers = [w for w in costs.consumers[v] if w <= hi]
         else:
             if costs.dev[v]:
-                add(v, sink, capacity=costs.dev[v])
+                add((v, sink, costs.dev[v]))
             consumers = costs.consumers[v]
         for w in consumers:
-            add(w, v)
+            add((w, v, None))
         trip = costs.xfer[v]
         if trip and consumers and v not in on_server:
             if len(consumers) == 1:
-                add(v, consumers[0], capacity=trip)
+                add((v, consumers[0], trip))
             else:
-                add(v, n + v, capacity=trip)
+                add((v, n + v, trip))
                 for w in consumers:
-                    add(n + v, w)
-    value, (source_side, _) = nx.minimum_cut(graph, source, sink, flow_func=_FLOW_FUNC)
-    return int(value), sorted(v for v in source_side if lo <= v <= hi)
+                    add((n + v, w, None))
+    return edges
+
+
+def _networkx_min_cut(edges: list[_Edge]) -> tuple[int, set[int]]:
+    """(value, source side) of a min cut by :func:`networkx.minimum_cut` (edges without capacity are infinite)."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from((-1, -2))
+    for u, v, capacity in edges:
+        if capacity is None:
+            graph.add_edge(u, v)
+        else:
+            graph.add_edge(u, v, capacity=capacity)
+    value, (source_side, _) = nx.minimum_cut(graph, -1, -2, flow_func=_FLOW_FUNC)
+    return int(value), source_side
+
+
+def _augmenting_min_cut(edges: list[_Edge]) -> tuple[int, set[int]]:
+    """(value, source side) of a min cut by shortest augmenting paths (Edmonds-Karp), for small graphs.
+
+    A plain dict residual graph beats networkx's setup cost on segments of a few dozen vertices.
+    Infinite capacities become one more than the sum of the finite ones, which no flow reaches.
+    """
+    source, sink = -1, -2
+    infinite = 1 + sum(capacity for _, _, capacity in edges if capacity is not None)
+    residual: dict[int, dict[int, int]] = {source: {}, sink: {}}
+    for u, v, capacity in edges:
+        out = residual.setdefault(u, {})
+        out[v] = out.get(v, 0) + (infinite if capacity is None else capacity)
+        residual.setdefault(v, {}).setdefault(u, 0)
+    flow = 0
+    # Saturate the two-edge paths s -> v -> t first: most of the flow, without a search.
+    from_source = residual[source]
+    for v, capacity in from_source.items():
+        through = min(capacity, residual[v].get(sink, 0))
+        if through:
+            from_source[v] -= through
+            residual[v][source] += through
+            residual[v][sink] -= through
+            residual[sink][v] += through
+            flow += through
+    while True:
+        parent: dict[int, int] = {source: source}
+        queue = deque([source])
+        while queue and sink not in parent:
+            u = queue.popleft()
+            for v, capacity in residual[u].items():
+                if capacity and v not in parent:
+                    parent[v] = u
+                    queue.append(v)
+        if sink not in parent:
+            return flow, set(parent)
+        bottleneck, v = infinite, sink
+        while v != source:
+            u = parent[v]
+            bottleneck = min(bottleneck, residual[u][v])
+            v = u
+        v = sink
+        while v != source:
+            u = parent[v]
+            residual[u][v] -= bottleneck
+            residual[v][u] += bottleneck
+            v = u
+        flow += bottleneck
+
+
+def _min_cut(
+    costs: _Costs, lo: int, hi: int, on_device: set[int], on_server: set[int], small: bool
+) -> tuple[int, list[int]]:
+    """Minimum cut of the nodes ``lo..hi`` (see the module docstring): (value, device positions)."""
+    edges = _cut_edges(costs, lo, hi, on_device, on_server)
+    value, source_side = (_augmenting_min_cut if small else _networkx_min_cut)(edges)
+    return value, sorted(v for v in source_side if lo <= v <= hi)
 
 
 def _is_chain(costs: _Costs, lo: int, hi: int) -> bool:
@@ -437,16 +522,19 @@ def _solve_range(
     on_device: set[int],
     on_server: set[int],
     server_elsewhere: bool,
-    scan_chains: bool,
+    blockwise: bool,
 ) -> tuple[int, list[int]]:
     """Optimal placement of the nodes ``lo..hi`` including the rtt term: (integer cost, device positions).
 
     ``server_elsewhere`` says that some node outside the range is on the server, so the rtt
     term is paid whatever happens here; otherwise it is paid iff this range puts a node there.
+    ``blockwise`` allows the shortcuts for chains and small segments; without it the range is
+    solved by :func:`networkx.minimum_cut` (the ``"full"`` method).
     """
-    if scan_chains and _is_chain(costs, lo, hi):
+    if blockwise and _is_chain(costs, lo, hi):
         return _scan_chain(costs, lo, hi, on_device, on_server, server_elsewhere)
-    value, device = _min_cut(costs, lo, hi, on_device, on_server)
+    small = blockwise and hi - lo < _SMALL_SEGMENT
+    value, device = _min_cut(costs, lo, hi, on_device, on_server, small)
     any_server = len(device) < hi - lo + 1
     if any_server or server_elsewhere:
         value += costs.rtt2
@@ -516,7 +604,7 @@ def _blockwise(costs: _Costs, on_device: set[int], on_server: set[int]) -> list[
     bounds = _boundary_positions(costs)
     if not bounds:
         return _solve_range(costs, 0, n - 1, must_device, on_server, False, True)[1]
-    dev, srv, rtt2 = costs.dev, costs.srv, costs.rtt2
+    dev, srv, xfer, rtt2 = costs.dev, costs.srv, costs.xfer, costs.rtt2
     prefix_device = [0] * (n + 1)
     prefix_cheapest = [0] * (n + 1)
     for v in range(n):
@@ -532,6 +620,9 @@ def _blockwise(costs: _Costs, on_device: set[int], on_server: set[int]) -> list[
     candidates: list[tuple[int, int, int, int, set[int], set[int], bool]] = []
 
     def add(lo: int, hi: int, constant: int, left: int | None, right: int | None) -> None:
+        # Every free node costs at least min(device, server). A range with a node on each side
+        # also pays one transfer: each of its nodes is an ancestor of `right` or a descendant of
+        # `left`, so a path from a device node to a server node crosses the cut somewhere.
         lower = constant + prefix_cheapest[hi + 1] - prefix_cheapest[lo]
         pinned_device = {v for v in must_device if lo <= v <= hi}
         pinned_server = {v for v in on_server if lo <= v <= hi}
@@ -541,10 +632,15 @@ def _blockwise(costs: _Costs, on_device: set[int], on_server: set[int]) -> list[
         if right is not None:
             lower += srv[right] - min(dev[right], srv[right])
             pinned_server.add(right)
-        server_elsewhere = right is not None
-        if server_elsewhere or pinned_server:
-            lower += rtt2
-        candidates.append((lower, constant, lo, hi, pinned_device, pinned_server, server_elsewhere))
+        all_device = None
+        if right is None and not pinned_server:
+            all_device = constant + prefix_device[hi + 1] - prefix_device[lo]
+        if pinned_device and lo < hi:
+            lower += min(xfer[lo:hi])
+        lower += rtt2
+        if all_device is not None:
+            lower = min(lower, all_device)
+        candidates.append((lower, constant, lo, hi, pinned_device, pinned_server, right is not None))
 
     first = bounds[0]
     if last_device < first:
@@ -622,7 +718,7 @@ def plan(
         device = _solve_range(costs, 0, costs.n - 1, must_device, on_server, False, False)[1]
     else:
         device = _blockwise(costs, on_device, on_server)
-    return _make_plan(profile, method, device, started)
+    return _make_plan(profile, method, device, started, costs.graph)
 
 
 def exhaustive(
@@ -672,7 +768,7 @@ def exhaustive(
     visit(len(nodes) - 1, 0.0, 0)
     if best[1] is None:
         raise PlanningError("no feasible placement satisfies the pins")
-    return _make_plan(profile, "exhaustive", best[1], started)
+    return _make_plan(profile, "exhaustive", best[1], started, costs.graph)
 
 
 def device_only(profile: Profile) -> Plan:
@@ -700,35 +796,39 @@ def best_layerwise(profile: Profile) -> Plan:
     started = time.perf_counter()
     nodes = profile.nodes
     n = len(nodes)
-    index = {node.name: i for i, node in enumerate(nodes)}
+    position, inputs = graph = _graph(profile)
     per_byte = profile.link.seconds_per_byte_round_trip
-    outputs = {index[name] for name in profile.outputs}
     last_consumer = list(range(n))
-    for w, node in enumerate(nodes):
-        for name in node.inputs:
-            last_consumer[index[name]] = w
-    # delta[k]: change of the transfer cost when the prefix grows to k nodes (u crosses for k in u+1..last).
-    delta = [0.0] * (n + 2)
+    for w, sources in enumerate(inputs):
+        for u in sources:
+            last_consumer[u] = w
+    # delta[k]: change of the bytes crossing when the prefix grows to k nodes (u crosses for k in u+1..last).
+    delta = [0] * (n + 2)
     for u, node in enumerate(nodes):
         if last_consumer[u] > u:
-            delta[u + 1] += node.out_bytes * per_byte
-            delta[last_consumer[u] + 1] -= node.out_bytes * per_byte
+            delta[u + 1] += node.out_bytes
+            delta[last_consumer[u] + 1] -= node.out_bytes
+    returned = [0] * (n + 1)
+    for v in {position[name] for name in profile.outputs}:
+        returned[v] = nodes[v].out_bytes
     server_tail = [0.0] * (n + 1)
     for v in range(n - 1, -1, -1):
-        trip = nodes[v].out_bytes * per_byte if v in outputs else 0.0
-        server_tail[v] = server_tail[v + 1] + nodes[v].server_s + trip
+        server_tail[v] = server_tail[v + 1] + nodes[v].server_s
+        returned[v] += returned[v + 1]
     first_k = max((i + 1 for i, node in enumerate(nodes) if node.kind == "input"), default=0)
     device_head = sum(node.device_s for node in nodes[:first_k])
-    transfer = sum(delta[: first_k + 1])
+    crossing = sum(delta[: first_k + 1])
     best_k, best_total = n, math.inf
     for k in range(first_k, n + 1):
         if k > first_k:
             device_head += nodes[k - 1].device_s
-            transfer += delta[k]
-        total = device_head + server_tail[k] + transfer + (2.0 * profile.link.rtt_s if k < n else 0.0)
+            crossing += delta[k]
+        total = device_head + server_tail[k] + (crossing + returned[k]) * per_byte
+        if k < n:
+            total += 2.0 * profile.link.rtt_s
         if total < best_total:
             best_k, best_total = k, total
-    return _make_plan(profile, "best_layerwise", range(best_k), started)
+    return _make_plan(profile, "best_layerwise", range(best_k), started, graph)
 
 
 def baselines(profile: Profile) -> dict[str, float]:
