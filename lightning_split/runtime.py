@@ -170,6 +170,7 @@ class SplitRuntime:
             return
         try:
             self.pull_state()
+            self.pull_optimizer_state()
             self.remote.call([{"op": "close"}])
         finally:
             self.remote.close()
@@ -193,6 +194,20 @@ class SplitRuntime:
                 tensor = self.tensors_by_key[key]
                 tensor.data = state[key].to(device=tensor.device, dtype=tensor.dtype)
         self.released = False
+
+    def pull_optimizer_state(self) -> None:
+        """Install the server's per-parameter optimizer state into the device's optimizers."""
+        assert self.remote is not None
+        for index, optimizer in enumerate(self.optimizers):
+            (server_state,) = self.remote.call([{"op": "optimizer_state", "optimizer": index}])
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    key = self.key_of.get(id(param))
+                    if key in server_state:
+                        optimizer.state[param] = {
+                            name: value.to(param.device) if isinstance(value, torch.Tensor) and value.dim() else value
+                            for name, value in server_state[key].items()
+                        }
 
     def _describe(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         cls = type(optimizer)
