@@ -12,6 +12,7 @@ a checkpoint is exactly that of the unsplit module).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from torch import nn
 
 from lightning_split.client import RemoteServer
 from lightning_split.plans import SplitPlan, make_plan
-from lightning_split.runtime import SplitRuntime
+from lightning_split.runtime import SplitRuntime, StepStats
 from lightning_split.server import EmbeddedServer, ModelHost
 
 log = logging.getLogger("lightning_split")
@@ -87,6 +88,9 @@ class SplitStrategy(SingleDeviceStrategy):
         self.plan: SplitPlan | None = None
         self._embedded: EmbeddedServer | None = None
         self._restore: list[Any] = []
+        self._last_stats: StepStats | None = None
+        self._steps_since_log = 0
+        self.last_traffic: dict[str, float] = {}
 
     # -- Lightning hooks -------------------------------------------------------------------
 
@@ -206,6 +210,31 @@ class SplitStrategy(SingleDeviceStrategy):
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.runtime is not None:
             self.runtime.after_step(optimizer)
+            self._log_traffic()
+
+    def _log_traffic(self) -> None:
+        """Per-step traffic and timing of the split, averaged since the last log, to every logger."""
+        runtime = self.runtime
+        trainer = getattr(self.lightning_module, "_trainer", None)
+        if runtime is None or not runtime.is_split or trainer is None:
+            return
+        self._steps_since_log += 1
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
+        if self._steps_since_log < every and self._last_stats is not None:
+            return
+        now, before = dataclasses.replace(runtime.stats), self._last_stats or StepStats()
+        steps = self._steps_since_log
+        metrics = {
+            "split/bytes_up": (now.bytes_up - before.bytes_up) / steps,
+            "split/bytes_down": (now.bytes_down - before.bytes_down) / steps,
+            "split/remote_s": (now.round_trip_s - before.round_trip_s) / steps,
+            "split/server_compute_s": (now.server_compute_s - before.server_compute_s) / steps,
+        }
+        metrics["split/wire_s"] = max(0.0, metrics["split/remote_s"] - metrics["split/server_compute_s"])
+        self._last_stats, self._steps_since_log = now, 0
+        self.last_traffic = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def _zero_grad(self, raw: torch.optim.Optimizer, original: Any, set_to_none: bool = True) -> None:
         original(raw, set_to_none=set_to_none)

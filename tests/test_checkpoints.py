@@ -77,3 +77,18 @@ def test_wrong_model_on_server_is_refused_with_what_differs(dagnet_server):
     # the server survived both refusals
     torch.manual_seed(0)
     trainer(SplitStrategy(server=dagnet_server.url, cut="b"), max_steps=2).fit(DagNet(), loader(64))
+
+
+def test_traffic_metrics_reach_lightning_loggers(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    strategy = SplitStrategy(cut="b")
+    fit = trainer(strategy, max_steps=4, logger=CSVLogger(tmp_path), log_every_n_steps=2)
+    fit.fit(DagNet(), loader(256))
+    (metrics_file,) = tmp_path.rglob("metrics.csv")
+    header = metrics_file.read_text().splitlines()[0]
+    for name in ("split/bytes_up", "split/bytes_down", "split/remote_s", "split/wire_s"):
+        assert name in header
+    # two cut tensors of 32x8x8x8 float32 go up per forward: at least 64 KiB a step
+    assert strategy.last_traffic["split/bytes_up"] >= 2 * 32 * 8 * 8 * 8 * 4
