@@ -161,7 +161,8 @@ def make_plan(
             key, (device_users, server_users) = next(iter(shared.items()))
             raise SplitError(
                 f"cut {names} splits the tied tensor {key!r}: device nodes {device_users} and server nodes "
-                f"{server_users} both use it. Cut after its last use, or use cut='auto' (it keeps tied tensors on one side)"
+                f"{server_users} both use it. Cut after its last use, or use cut='auto' "
+                "(it keeps tied tensors on one side)"
             )
         return SplitPlan(traced, spec, f"cut={','.join(names)}", example=example)
 

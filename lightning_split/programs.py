@@ -171,8 +171,7 @@ def device_spec_from_cut(gm: fx.GraphModule, cut_names: Iterable[str]) -> SplitS
     for name in cut_names:
         matches = [n for n in nodes if n.name == name]
         if not matches:
-            prefix = name + "."
-            matches = [n for n in nodes if _module_path(n) == name or (_module_path(n) or "").startswith(prefix)]
+            matches = _module_matches(nodes, name)
         if not matches:
             known = sorted({str(n.target) for n in nodes if n.op == "call_module"})
             raise SplitError(
@@ -189,6 +188,23 @@ def device_spec_from_cut(gm: fx.GraphModule, cut_names: Iterable[str]) -> SplitS
         device.add(node.name)
         stack.extend(n for n in _cost_inputs(node) if n.name not in device)
     return make_spec(gm, [n.name for n in nodes if n.name not in device])
+
+
+def _module_matches(nodes: list[fx.Node], name: str) -> list[fx.Node]:
+    """Nodes of module ``name`` and its submodules.
+
+    ``name`` may also be the end of a unique path (``layer1`` for ``model.layer1``).
+    """
+    paths = {path for node in nodes if (path := _module_path(node))}
+    roots = [name] if any(p == name or p.startswith(name + ".") for p in paths) else []
+    if not roots:
+        roots = sorted({p[: p.index("." + name) + len(name) + 1] for p in paths if ("." + name + ".") in p + "."})
+        if len(roots) > 1:
+            raise SplitError(f"cut point {name!r} is ambiguous: it names {', '.join(roots)}; use the full path")
+    if not roots:
+        return []
+    root = roots[0]
+    return [n for n in nodes if (p := _module_path(n)) and (p == root or p.startswith(root + "."))]
 
 
 def _module_path(node: fx.Node) -> str | None:
