@@ -103,3 +103,24 @@ def test_eval_outputs_equal_local():
     local_test = trainer().test(local, loader(96), verbose=False)
     split_test = trainer(SplitStrategy(cut="b")).test(split, loader(96), verbose=False)
     assert local_test == split_test
+
+
+def test_tied_weights_stay_on_one_side_and_train_equal():
+    from lightning_split.programs import SplitError
+    from tests.models import TiedNet
+
+    torch.manual_seed(0)
+    local = TiedNet()
+    split = copy.deepcopy(local)
+    torch.manual_seed(1)
+    trainer().fit(local, loader())
+    strategy = SplitStrategy(pin_server=["l2"])
+    torch.manual_seed(1)
+    trainer(strategy).fit(split, loader())
+    server = set(strategy.plan.spec.server_nodes)
+    assert {"l1", "l2"} <= server, "both users of the tied weight must be on the server"
+    assert "inp" not in server or strategy.plan.spec.cut == ("x",)
+    assert_same_parameters(local, split)
+    assert split.l1.weight is split.l2.weight
+    with pytest.raises(SplitError, match="tied tensor"):
+        trainer(SplitStrategy(cut="l1"), max_steps=1).fit(copy.deepcopy(local), loader(64))
