@@ -8,6 +8,7 @@ results. It counts bytes and wire time for the logs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import ssl
 import threading
@@ -36,17 +37,14 @@ class Traffic:
     bytes_up: int = 0
     bytes_down: int = 0
     round_trip_s: float = 0.0
+    server_compute_s: float = 0.0  # the server's own forward/backward time, as it reports
 
     def snapshot(self) -> Traffic:
-        return Traffic(self.requests, self.bytes_up, self.bytes_down, self.round_trip_s)
+        return dataclasses.replace(self)
 
     def since(self, earlier: Traffic) -> Traffic:
-        return Traffic(
-            self.requests - earlier.requests,
-            self.bytes_up - earlier.bytes_up,
-            self.bytes_down - earlier.bytes_down,
-            self.round_trip_s - earlier.round_trip_s,
-        )
+        """The difference of two snapshots (what one step or one log interval cost)."""
+        return Traffic(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)})
 
 
 class RemoteServer:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from lightning_split.trace import node_module_path
+
 COST_OPS = ("placeholder", "call_module", "call_function", "call_method")
 
 
@@ -195,7 +197,7 @@ def _module_matches(nodes: list[fx.Node], name: str) -> list[fx.Node]:
 
     ``name`` may also be the end of a unique path (``layer1`` for ``model.layer1``).
     """
-    paths = {path for node in nodes if (path := _module_path(node))}
+    paths = {path for node in nodes if (path := node_module_path(node))}
     roots = [name] if any(p == name or p.startswith(name + ".") for p in paths) else []
     if not roots:
         roots = sorted({p[: p.index("." + name) + len(name) + 1] for p in paths if ("." + name + ".") in p + "."})
@@ -204,17 +206,7 @@ def _module_matches(nodes: list[fx.Node], name: str) -> list[fx.Node]:
     if not roots:
         return []
     root = roots[0]
-    return [n for n in nodes if (p := _module_path(n)) and (p == root or p.startswith(root + "."))]
-
-
-def _module_path(node: fx.Node) -> str | None:
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        path = next(reversed(stack.values()))[0]
-        return path if isinstance(path, str) else None
-    return None
+    return [n for n in nodes if (p := node_module_path(n)) and (p == root or p.startswith(root + "."))]
 
 
 def _copy_nodes(gm: fx.GraphModule, graph: fx.Graph, names: set[str], env: dict[fx.Node, fx.Node]) -> None:

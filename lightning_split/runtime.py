@@ -15,7 +15,6 @@ import itertools
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,17 +35,6 @@ log = logging.getLogger("lightning_split")
 
 class SplitConfigError(ValueError):
     """The model or its training setup cannot be split as asked; the message says how to fix it."""
-
-
-@dataclass
-class StepStats:
-    """What one forward/backward exchange cost, for the logs."""
-
-    bytes_up: int = 0
-    bytes_down: int = 0
-    round_trip_s: float = 0.0
-    server_compute_s: float = 0.0
-    requests: int = 0
 
 
 class _Call:
@@ -131,8 +119,12 @@ class SplitRuntime:
         self._pending: set[int] = set()
         self._forgotten: collections.deque[int] = collections.deque()
         self._anchor = torch.zeros((), requires_grad=True)
-        self.stats = StepStats()
         self._hook_handles: list[Any] = []
+
+    @property
+    def stats(self) -> Traffic:
+        """Cumulative traffic, wire time and server compute of this session."""
+        return self.remote.traffic if self.remote is not None else Traffic()
 
     @property
     def is_split(self) -> bool:
@@ -275,7 +267,6 @@ class SplitRuntime:
     def _remote_forward(self, call: _Call, values: list[Any], grad: bool) -> list[Any]:
         assert self.remote is not None
         self._flush_forgotten()
-        before = self.remote.traffic.snapshot()
         op = {
             "op": "forward",
             "id": call.id,
@@ -288,30 +279,23 @@ class SplitRuntime:
         (result,) = self.remote.call([op])
         if result.get("rng") is not None:
             torch.set_rng_state(result["rng"])
-        self._account(before, result)
+        self._account(result)
         device = _first_device(values)
         return [o.to(device) if isinstance(o, torch.Tensor) else o for o in result["outputs"]]
 
     def _remote_backward(self, call: _Call, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         assert self.remote is not None
         self._pending.discard(call.id)
-        before = self.remote.traffic.snapshot()
         grads_iter = iter(grads)
         full = [next(grads_iter) if is_tensor else None for is_tensor in call.is_tensor]
         (result,) = self.remote.call([{"op": "backward", "id": call.id, "grads": full}])
-        self._account(before, result)
+        self._account(result)
         return list(result["grads"])
 
-    def _account(self, before: Traffic, result: dict[str, Any]) -> None:
-        assert self.remote is not None
-        delta = self.remote.traffic.since(before)
-        self.stats.bytes_up += delta.bytes_up
-        self.stats.bytes_down += delta.bytes_down
-        self.stats.round_trip_s += delta.round_trip_s
-        self.stats.requests += delta.requests
+    def _account(self, result: dict[str, Any]) -> None:
         compute = result.get("compute_s")
-        if isinstance(compute, float):
-            self.stats.server_compute_s = compute
+        if self.remote is not None and isinstance(compute, float):
+            self.remote.traffic.server_compute_s = compute
 
     # -- optimizers ------------------------------------------------------------------------
 

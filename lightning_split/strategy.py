@@ -12,7 +12,6 @@ a checkpoint is exactly that of the unsplit module).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -22,9 +21,9 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from torch import nn
 
-from lightning_split.client import RemoteServer
+from lightning_split.client import RemoteServer, Traffic
 from lightning_split.plans import SplitPlan, make_plan
-from lightning_split.runtime import SplitRuntime, StepStats
+from lightning_split.runtime import SplitRuntime
 from lightning_split.server import EmbeddedServer, ModelHost
 
 log = logging.getLogger("lightning_split")
@@ -88,7 +87,7 @@ class SplitStrategy(SingleDeviceStrategy):
         self.plan: SplitPlan | None = None
         self._embedded: EmbeddedServer | None = None
         self._restore: list[Any] = []
-        self._last_stats: StepStats | None = None
+        self._last_stats: Traffic | None = None
         self._steps_since_log = 0
         self.last_traffic: dict[str, float] = {}
 
@@ -222,13 +221,13 @@ class SplitStrategy(SingleDeviceStrategy):
         every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
         if self._steps_since_log < every and self._last_stats is not None:
             return
-        now, before = dataclasses.replace(runtime.stats), self._last_stats or StepStats()
-        steps = self._steps_since_log
+        now = runtime.stats.snapshot()
+        delta, steps = now.since(self._last_stats or Traffic()), self._steps_since_log
         metrics = {
-            "split/bytes_up": (now.bytes_up - before.bytes_up) / steps,
-            "split/bytes_down": (now.bytes_down - before.bytes_down) / steps,
-            "split/remote_s": (now.round_trip_s - before.round_trip_s) / steps,
-            "split/server_compute_s": (now.server_compute_s - before.server_compute_s) / steps,
+            "split/bytes_up": delta.bytes_up / steps,
+            "split/bytes_down": delta.bytes_down / steps,
+            "split/remote_s": delta.round_trip_s / steps,
+            "split/server_compute_s": delta.server_compute_s / steps,
         }
         metrics["split/wire_s"] = max(0.0, metrics["split/remote_s"] - metrics["split/server_compute_s"])
         self._last_stats, self._steps_since_log = now, 0

@@ -646,7 +646,7 @@ def _node_infos(gm: fx.GraphModule, records: dict[str, _Record]) -> list[NodeInf
                 name=node.name,
                 op=node.op,
                 target=_readable_target(node),
-                module_path=_module_path(node),
+                module_path=node_module_path(node),
                 inputs=tuple(dict.fromkeys(s.name for s in node.all_input_nodes if s.op in COST_OPS)),
                 out_bytes=record.out_bytes,
                 out_meta=record.out_meta,
@@ -680,7 +680,8 @@ def _get_attr(gm: fx.GraphModule, target: str) -> Any:
         return None
 
 
-def _module_path(node: fx.Node) -> str | None:
+def node_module_path(node: fx.Node) -> str | None:
+    """The called module's path (call_module) or the innermost module a node was traced in."""
     if node.op == "call_module":
         return str(node.target)
     stack = node.meta.get("nn_module_stack")
