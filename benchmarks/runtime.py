@@ -18,7 +18,7 @@ ratio to local shows the pure overhead of splitting.
 The configurations alternate over several rounds (the order rotates each round) to spread
 machine noise over all of them. In every fit the first ``--warmup`` steps are dropped; each
 remaining step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
-backward and optimizer step). Traffic comes from the split runtime's ``StepStats``: bytes
+backward and optimizer step). Traffic comes from the split runtime's ``Traffic`` counters: bytes
 up/down per step, time spent waiting on the server (``round_trip_s``) and the server's own
 compute (``server_compute_s``); their difference is serialization + websocket transfer +
 scheduling, which is the overhead reported as ``wire``.
