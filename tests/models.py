@@ -125,3 +125,25 @@ class TiedNet(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+
+class TwoOptimizerNet(DagNet):
+    """Manual optimization with two optimizers: SGD on the stem, Adam on everything else."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(manual=True, **kwargs)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        first, second = self.optimizers()
+        for optimizer in (first, second):
+            loss = F.cross_entropy(self(x), y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        return loss
+
+    def configure_optimizers(self):
+        stem = list(self.stem.parameters())
+        rest = [p for name, p in self.named_parameters() if not name.startswith("stem.")]
+        return torch.optim.SGD(stem, lr=0.05, momentum=0.9), torch.optim.Adam(rest, lr=0.01)

@@ -124,3 +124,32 @@ def test_tied_weights_stay_on_one_side_and_train_equal():
     assert split.l1.weight is split.l2.weight
     with pytest.raises(SplitError, match="tied tensor"):
         trainer(SplitStrategy(cut="l1"), max_steps=1).fit(copy.deepcopy(local), loader(64))
+
+
+def test_two_optimizers_manual_equal_local():
+    from tests.models import TwoOptimizerNet
+
+    torch.manual_seed(0)
+    local = TwoOptimizerNet()
+    split = copy.deepcopy(local)
+    torch.manual_seed(1)
+    trainer().fit(local, loader())
+    torch.manual_seed(1)
+    trainer(SplitStrategy(cut="b")).fit(split, loader())
+    assert_same_parameters(local, split)
+
+
+def test_device_keeps_only_the_prefix_during_training():
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen["head"] = module.head.weight.numel()
+            seen["mix"] = module.mix.weight.numel()
+            seen["stem"] = module.stem[0].weight.numel()
+
+    torch.manual_seed(0)
+    model = DagNet()
+    trainer(SplitStrategy(cut="b"), max_steps=2, callbacks=[Probe()]).fit(model, loader(64))
+    assert seen == {"head": 0, "mix": 0, "stem": 8 * 1 * 3 * 3}
+    assert model.head.weight.shape == (10, 512), "the server's weights come back at the end of fit"
