@@ -22,8 +22,8 @@ pins respected. Two exact methods solve it, and a few baselines give something t
       side for free. Hence the transfer is paid once per tensor, only when it crosses.
     - input nodes and ``pin_device`` get infinite ``s -> v``; ``pin_server`` infinite ``v -> t``.
 
-    So for every feasible ``D``, the cheapest cut whose source side meets the nodes in ``D`` costs
-    ``T(D, S) - rtt(S)`` where ``rtt(S) = 2 * rtt_s`` if ``S`` is not empty, else 0. The rtt term
+    So for every feasible ``D``, the cheapest cut whose source side holds exactly the nodes of
+    ``D`` costs ``cut(D) = T(D, S) - rtt(S)`` where ``rtt(S) = 2 * rtt_s`` if ``S`` is not empty, else 0. The rtt term
     is not a sum over nodes and is added afterwards: let ``D*`` be the min cut, of value ``c*``.
     If ``S*`` is empty, ``c* = T(all device) <= cut(D) <= T(D)`` for every ``D``: all-device is
     optimal. Otherwise every placement with ``S`` non-empty costs ``cut(D) + 2 rtt >= c* + 2 rtt
@@ -40,20 +40,35 @@ pins respected. Two exact methods solve it, and a few baselines give something t
 ``"blockwise"`` (the default)
     The same optimum, found by series decomposition. A node ``b`` is a *boundary* when every
     other node is an ancestor or a descendant of ``b`` and no edge runs from a strict ancestor
-    of ``b`` to a strict descendant. Boundaries form a chain ``b1 < ... < bk`` in graph order
-    (:func:`boundaries`). ``D`` is closed under ancestors, so ``D`` holds a prefix ``b1..bi`` of
-    the chain: all nodes up to ``bi`` are on the device, all from ``b(i+1)`` on the server, and
-    only the segment strictly between them is free. No edge skips a boundary, so the nodes
-    before ``bi`` pay no transfer, the nodes after ``b(i+1)`` pay their server time and return
-    trips only, and every term that depends on the free nodes involves only ``{bi} + segment +
-    {b(i+1)}``. For each ``i`` (plus "``b1`` on the server", the first segment free, and "``bk`` on
-    the device", the last segment free including all-device) the optimum is a prefix device sum,
-    a suffix server sum and the min cut of one small segment graph with ``bi`` pinned to the
-    device and ``b(i+1)`` to the server; the minimum over ``i`` is the global optimum because the
-    cases cover every feasible placement. Candidates are tried in order of a lower bound
-    (prefix + suffix + ``min(device, server)`` per free node) and stop once the bound cannot
-    beat the best found; segments that are plain chains are solved by a linear scan. Graphs
-    without boundaries fall back to one min cut of the whole graph.
+    of ``b`` to a strict descendant (:func:`boundaries`; on a ResNet, the block outputs). The
+    boundaries form a chain ``b1 < ... < bk`` in graph order, and ``D`` is closed under
+    ancestors, so ``D`` holds a prefix ``b1..bi`` of that chain: the nodes up to ``bi`` are all
+    on the device (its ancestors), those from ``b(i+1)`` all on the server (its descendants),
+    and only the segment strictly between them is free. Because no edge skips a boundary, the
+    nodes before ``bi`` pay no transfer (their consumers are at or before ``bi``), the nodes
+    after ``b(i+1)`` pay their server time and return trips only, and every term that depends
+    on the free nodes involves only ``{bi} + segment + {b(i+1)}``. So the best placement of
+    case ``i`` costs a prefix device sum, plus a suffix server sum, plus ``2 rtt``, plus the min
+    cut of the small graph of that range with ``bi`` pinned to the device and ``b(i+1)`` to the
+    server. Two more cases complete the cover of all feasible placements: ``b1`` on the server
+    (the range before ``b1`` is free, inputs pinned to the device) and ``bk`` on the device (the
+    range after it is free; all-device included, rtt handled as in ``"full"``). The minimum over
+    the cases is the global optimum, exactly, since each case is solved exactly in the same
+    integer picoseconds as ``"full"``.
+
+    Pins: a server pin at or before ``bi``, or a device pin (or input) at or after ``b(i+1)``,
+    rules case ``i`` out; pins inside the range become pins of its subproblem. Conflicting pins
+    are rejected before solving with the same :class:`PlanningError` as ``"full"``.
+
+    Speed: prefix and suffix sums are computed once. Cases are tried in increasing order of a
+    lower bound (prefix + suffix + ``min(device, server)`` per free node + the cheapest transfer
+    of the range, which some tensor must pay when the range has a node on each side) and the
+    search stops when the bound reaches the best value found. Ranges that are plain chains
+    (such as two adjacent boundaries) are solved by a linear scan, ranges of fewer than
+    ``_SMALL_SEGMENT`` nodes by a small Edmonds-Karp, larger ones by networkx. Boundaries take
+    linear time to find (see ``_boundary_positions``). A graph with several inputs or outputs
+    has boundaries only after its last node without inputs and before its first node without
+    consumers; a graph with none is solved by one min cut of the whole graph, as ``"full"``.
 
 Baselines: ``"device_only"``, ``"server_only"`` and ``"best_layerwise"`` (the best feasible prefix
 of the profile order), as defined in ``SPEC.md`` section 1. ``"exhaustive"`` enumerates every
@@ -359,7 +374,7 @@ def _resolve_pins(costs: _Costs, pin_device: Iterable[str], pin_server: Iterable
                 reached_from[u] = w
                 queue.append(u)
     for u in sorted(on_server - on_device):
-        if u not in reached_from:
+        if u not in reached_from or costs.is_input[u]:
             continue
         path = [u]
         while reached_from[path[-1]] != path[-1]:
@@ -424,7 +439,10 @@ def _networkx_min_cut(edges: list[_Edge]) -> tuple[int, set[int]]:
             graph.add_edge(u, v)
         else:
             graph.add_edge(u, v, capacity=capacity)
-    value, (source_side, _) = nx.minimum_cut(graph, -1, -2, flow_func=_FLOW_FUNC)
+    try:
+        value, (source_side, _) = nx.minimum_cut(graph, -1, -2, flow_func=_FLOW_FUNC)
+    except nx.NetworkXUnbounded:  # an infinite path s -> t; _resolve_pins rules it out beforehand
+        raise PlanningError("no feasible placement satisfies the pins") from None
     return int(value), source_side
 
 
@@ -462,6 +480,8 @@ def _augmenting_min_cut(edges: list[_Edge]) -> tuple[int, set[int]]:
                     parent[v] = u
                     queue.append(v)
         if sink not in parent:
+            if flow >= infinite:  # only an infinite path s -> t carries this much
+                raise PlanningError("no feasible placement satisfies the pins")
             return flow, set(parent)
         bottleneck, v = infinite, sink
         while v != source:
