@@ -120,6 +120,15 @@ def test_defaults_of_the_link_and_throughputs(capsys, tmp_path):
     check_consistent(result, profile, "blockwise")
 
 
+def test_leaf_module_and_init_args(capsys, tmp_path):
+    path = str(tmp_path / "p.json")
+    result = plan_json(capsys, *DAGNET, "--leaf-module", "stem", "--init-args", '{"dropout": 0.1}', "--out", path)
+    profile = Profile.load(path)
+    assert "stem" in profile.names and not any(name.startswith("stem_") for name in profile.names)
+    assert profile.extra["init_args"] == {"dropout": 0.1}
+    check_consistent(result, profile, "blockwise")
+
+
 def test_torchvision_factory_resnet18(capsys, tmp_path):
     path = str(tmp_path / "r18.json")
     result = plan_json(capsys, "--model", "torchvision.models:resnet18", "--input-shape", "1,3,64,64", "--out", path)
