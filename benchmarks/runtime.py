@@ -37,14 +37,12 @@ import importlib
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -203,31 +201,6 @@ def _server_step_estimate(model_cls: type, cut: str, repeats: int = 15) -> float
     return statistics.median(times[2:])
 
 
-def _machine() -> dict[str, Any]:
-    versions = {}
-    for name in ("torch", "torchvision", "lightning", "websockets"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": sys.version.split()[0],
-        **versions,
-        "git_commit": commit,
-    }
-
-
 def _kb(n: float) -> str:
     return f"{n / 1024:.1f} KiB"
 
@@ -380,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": {"trainer": torch.get_num_threads(), "server_env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}},
         "server": {"url": url, "command": f"python -m lightning_split.cli serve --model {MODEL_PATH} --port 0"},
         "target_ratio": TARGET_RATIO,
-        "machine": _machine(),
+        "machine": _machine_info(),
         "elapsed_s": elapsed,
         "server_sgd_step_s_estimate": server_step,
         "results": summary,
@@ -388,6 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _machine_info() -> dict[str, Any]:
+    """benchmarks/_common.py's machine record (imported lazily: the server imports this module too)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import machine_info
+
+    return machine_info(("torch", "torchvision", "lightning", "websockets"))
 
 
 if __name__ == "__main__":
