@@ -42,11 +42,7 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
         "spec": (dict,),
         "optimizers": (list,),
         "state": (dict,),
-        "cut_specs": (list,),
-        "output_specs": (list,),
-        "session": (str,),
     },
-    "resume": {"session": (str,)},
     "forward": {
         "id": _INT,
         "values": (list,),
@@ -105,7 +101,7 @@ def check_op(op: Any, index: int = 0) -> dict[str, Any]:
         raise ProtocolError(f"op {index} ({name}): unexpected field(s) {', '.join(extra)}")
     for key, types in schema.items():
         if key not in op:
-            if name == "hello" and key in ("session", "cut_specs", "output_specs", "leaf_modules", "graph"):
+            if name == "hello" and key in ("leaf_modules", "graph"):
                 continue
             raise ProtocolError(f"op {index} ({name}): missing field {key!r}")
         value = op[key]
@@ -120,6 +116,16 @@ def check_op(op: Any, index: int = 0) -> dict[str, Any]:
 
 def _names(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _decode(data: bytes | str, limits: wire.Limits, what: str) -> dict[str, Any]:
+    """Decode one binary frame; text frames and undecodable bytes are protocol errors."""
+    if isinstance(data, str):
+        raise ProtocolError(f"text {what} received; the protocol uses binary messages only")
+    try:
+        return wire.decode(data, limits)
+    except wire.WireError as exc:
+        raise ProtocolError(f"undecodable {what}: {exc}") from exc
 
 
 def encode_request(seq: int, ops: Sequence[Mapping[str, Any]]) -> bytes:
@@ -154,12 +160,7 @@ class ServerConnection:
         Raises:
             ProtocolError: the message is malformed or out of order.
         """
-        if isinstance(data, str):
-            raise ProtocolError("text message received; the protocol uses binary messages only")
-        try:
-            payload = wire.decode(data, self.limits)
-        except wire.WireError as exc:
-            raise ProtocolError(f"undecodable message: {exc}") from exc
+        payload = _decode(data, self.limits, "message")
         if payload.get("v") != VERSION:
             raise ProtocolError(f"protocol version {payload.get('v')!r} is not supported (server speaks {VERSION})")
         seq, ops = payload.get("seq"), payload.get("ops")
@@ -172,15 +173,15 @@ class ServerConnection:
         if self.last_seq is not None and seq != self.last_seq + 1:
             raise ProtocolError(f"request {seq} out of order: the last request was {self.last_seq}")
         checked = [check_op(op, index) for index, op in enumerate(ops)]
-        if not self.opened and checked[0]["op"] not in ("hello", "resume", "ping"):
-            raise ProtocolError(f"the first op must be 'hello' or 'resume', got {checked[0]['op']!r}")
+        if not self.opened and checked[0]["op"] not in ("hello", "ping"):
+            raise ProtocolError(f"the first op must be 'hello', got {checked[0]['op']!r}")
         return Request(seq, checked)
 
     def reply(self, request: Request, results: Sequence[Any]) -> bytes:
         """Encode the results of a request that ran, and remember them for a retry."""
         data = encode_reply(request.seq, results)
         self.last_seq, self.last_reply = request.seq, data
-        if any(op["op"] in ("hello", "resume") for op in request.ops):
+        if any(op["op"] == "hello" for op in request.ops):
             self.opened = True
         return data
 
@@ -218,12 +219,7 @@ class ClientConnection:
 
     def receive(self, data: bytes | str, seq: int, skip: int) -> list[Any]:
         """Decode the reply to request ``seq``; return the results of the non-deferred ops."""
-        if isinstance(data, str):
-            raise ProtocolError("text reply received from the server; expected a binary message")
-        try:
-            payload = wire.decode(data, self.limits)
-        except wire.WireError as exc:
-            raise ProtocolError(f"undecodable reply from the server: {exc}") from exc
+        payload = _decode(data, self.limits, "reply from the server")
         if "error" in payload:
             error = payload["error"] if isinstance(payload["error"], dict) else {}
             raise RemoteError(str(error.get("kind", "error")), str(error.get("message", payload["error"])))

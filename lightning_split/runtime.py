@@ -24,7 +24,6 @@ from lightning_split.client import RemoteServer, Traffic
 from lightning_split.programs import (
     SplitSpec,
     assemble_output,
-    cost_nodes,
     device_outputs,
     device_program,
     used_state,
@@ -113,13 +112,11 @@ class SplitRuntime:
             self.key_of.setdefault(id(tensor), key)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.rng_sync = False
-        self.released = False
         self.opened = False
         self._ids = itertools.count()
         self._pending: set[int] = set()
         self._forgotten: collections.deque[int] = collections.deque()
         self._anchor = torch.zeros((), requires_grad=True)
-        self._hook_handles: list[Any] = []
 
     @property
     def stats(self) -> Traffic:
@@ -173,7 +170,6 @@ class SplitRuntime:
             for key in self.server_state_keys:
                 tensor = self.tensors_by_key[key]
                 tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
-        self.released = True
 
     def pull_state(self) -> None:
         """Copy the suffix's current parameters and buffers from the server into the module."""
@@ -185,7 +181,6 @@ class SplitRuntime:
             for key in self.server_state_keys:
                 tensor = self.tensors_by_key[key]
                 tensor.data = state[key].to(device=tensor.device, dtype=tensor.dtype)
-        self.released = False
 
     def pull_optimizer_state(self) -> None:
         """Install the server's per-parameter optimizer state into the device's optimizers."""
@@ -375,9 +370,6 @@ class SplitRuntime:
         state_dict["state"] = dict(sorted(state_dict["state"].items()))
         return state_dict
 
-    def add_hooks(self, hooks: Iterable[Callable[[], None]]) -> None:
-        self._hook_handles.extend(hooks)
-
 
 def _merge(outputs: list[Any], tensors: Any) -> list[Any]:
     """Put the autograd-tracked tensors back among the server's non-tensor outputs."""
@@ -412,7 +404,3 @@ def _hparams(group: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, torch.Tensor):
             result[key] = value.detach().cpu()
     return result
-
-
-def placement_nodes(graph_module: fx.GraphModule) -> list[str]:
-    return [node.name for node in cost_nodes(graph_module)]

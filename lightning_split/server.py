@@ -144,7 +144,6 @@ class SplitServer:
         self.token = token
         self.limits = limits or wire.Limits()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-compute")
-        self.sessions = 0
 
     def _authorize(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
         if self.token is None:
@@ -160,7 +159,6 @@ class SplitServer:
         connection = protocol.ServerConnection(self.limits)
         state = _ConnectionState()
         loop = asyncio.get_running_loop()
-        self.sessions += 1
         try:
             async for message in websocket:
                 reply = await loop.run_in_executor(self.executor, self._answer, connection, state, message)
@@ -168,7 +166,6 @@ class SplitServer:
         except ConnectionClosed:
             pass
         finally:
-            self.sessions -= 1
             state.session = None
 
     def _answer(self, connection: protocol.ServerConnection, state: _ConnectionState, message: Any) -> bytes:

@@ -100,10 +100,11 @@ class SplitStrategy(SingleDeviceStrategy):
         module.forward = functools.partial(self._first_forward, module)  # type: ignore[method-assign]
         self._restore.append(lambda: module.__dict__.pop("forward", None))
         plugin = self.precision_plugin
-        originals = (plugin.clip_grad_by_norm, plugin.clip_grad_by_value)
         plugin.clip_grad_by_norm = self._clip_grad_by_norm  # type: ignore[method-assign]
         plugin.clip_grad_by_value = self._clip_grad_by_value  # type: ignore[method-assign]
-        self._restore.append(lambda: _set(plugin, ("clip_grad_by_norm", "clip_grad_by_value"), originals))
+        self._restore.append(
+            lambda: [plugin.__dict__.pop(n, None) for n in ("clip_grad_by_norm", "clip_grad_by_value")]
+        )
         for optimizer in self.optimizers:
             handle = optimizer.register_step_post_hook(self._after_step)
             self._restore.append(handle.remove)
@@ -155,7 +156,6 @@ class SplitStrategy(SingleDeviceStrategy):
         return self.runtime.forward(*args, **kwargs)
 
     def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        remote = None
         url = self.server_url
         if url is None:
             self._embedded = EmbeddedServer(ModelHost(_embedded_factory(module), _class_path(module)), token=self.token)
@@ -255,14 +255,6 @@ class SplitStrategy(SingleDeviceStrategy):
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
         strategy_registry.register(cls.strategy_name, cls, description="split learning over websockets")
-
-
-def _set(obj: Any, names: Sequence[str], values: Sequence[Any]) -> None:
-    for name, value in zip(names, values):
-        if getattr(type(obj), name, None) is getattr(value, "__func__", None):
-            obj.__dict__.pop(name, None)
-        else:
-            setattr(obj, name, value)
 
 
 def _class_path(module: nn.Module) -> str:
