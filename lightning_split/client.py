@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from lightning_split import protocol, wire
+from lightning_split.profile import Link
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 
@@ -47,6 +48,27 @@ class Traffic:
         return Traffic(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)})
 
 
+class LinkEmulator:
+    """Makes a fast connection behave like a slower link, for experiments on one machine.
+
+    Before a request goes out it waits half the round-trip time plus the request's bytes at
+    the uplink rate; after a reply arrives it waits the other half plus the reply's bytes at
+    the downlink rate. The server computes meanwhile only on what it has received, so a step
+    costs what the cost model says a link of that speed costs (on top of the real link).
+    """
+
+    def __init__(self, link: Link, sleep: Any = time.sleep) -> None:
+        link.validate()
+        self.link = link
+        self._sleep = sleep
+
+    def before_send(self, nbytes: int) -> None:
+        self._sleep(self.link.rtt_s / 2 + nbytes / self.link.uplink_bytes_per_s)
+
+    def after_receive(self, nbytes: int) -> None:
+        self._sleep(self.link.rtt_s / 2 + nbytes / self.link.downlink_bytes_per_s)
+
+
 class RemoteServer:
     """One connection to a server, speaking :mod:`lightning_split.protocol`.
 
@@ -56,6 +78,7 @@ class RemoteServer:
         ca_file: CA bundle to verify a ``wss://`` server with (default: the system's).
         timeout: seconds to wait for the handshake and for each reply.
         limits: wire limits for replies.
+        link_limit: emulate a slower link (see :class:`LinkEmulator`); ``None``: the real link as it is.
     """
 
     def __init__(
@@ -65,8 +88,12 @@ class RemoteServer:
         ca_file: str | None = None,
         timeout: float = 300.0,
         limits: wire.Limits | None = None,
+        link_limit: Link | str | None = None,
     ) -> None:
         self.url = url
+        if isinstance(link_limit, str):
+            link_limit = Link.parse(link_limit)
+        self.emulator = LinkEmulator(link_limit) if link_limit is not None else None
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.ca_file = ca_file
         self.timeout = timeout
@@ -120,8 +147,12 @@ class RemoteServer:
             seq, data, skip = self.protocol.request(list(ops))
             started = time.perf_counter()
             try:
+                if self.emulator is not None:
+                    self.emulator.before_send(len(data))
                 self._socket.send(data)
                 reply = self._socket.recv(timeout=self.timeout)
+                if self.emulator is not None:
+                    self.emulator.after_receive(len(reply))
             except TimeoutError as exc:
                 raise ConnectionFailed(
                     f"the server at {self.url} did not answer within {self.timeout:.0f} s; it may be overloaded "

@@ -61,6 +61,16 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
     "state_dict": {},
     "optimizer_state": {"optimizer": _INT},
     "load_optimizer_state": {"optimizer": _INT, "state": (dict,)},
+    "profile": {
+        "model": (str,),
+        "init_args": (dict,),
+        "fingerprint": (str,),
+        "leaf_modules": (list,),
+        "example": (dict,),
+        "graph": (list,),
+        "warmup": _INT,
+        "repeats": _INT,
+    },
     "ping": {"payload": _OPTIONAL_TENSOR, "reply_bytes": _INT},
     "close": {},
 }
@@ -101,7 +111,7 @@ def check_op(op: Any, index: int = 0) -> dict[str, Any]:
         raise ProtocolError(f"op {index} ({name}): unexpected field(s) {', '.join(extra)}")
     for key, types in schema.items():
         if key not in op:
-            if name == "hello" and key in ("leaf_modules", "graph"):
+            if name in ("hello", "profile") and key in ("leaf_modules", "graph"):
                 continue
             raise ProtocolError(f"op {index} ({name}): missing field {key!r}")
         value = op[key]
@@ -173,8 +183,8 @@ class ServerConnection:
         if self.last_seq is not None and seq != self.last_seq + 1:
             raise ProtocolError(f"request {seq} out of order: the last request was {self.last_seq}")
         checked = [check_op(op, index) for index, op in enumerate(ops)]
-        if not self.opened and checked[0]["op"] not in ("hello", "ping"):
-            raise ProtocolError(f"the first op must be 'hello', got {checked[0]['op']!r}")
+        if not self.opened and checked[0]["op"] not in ("hello", "ping", "profile"):
+            raise ProtocolError(f"the first op must be 'hello', 'profile' or 'ping', got {checked[0]['op']!r}")
         return Request(seq, checked)
 
     def reply(self, request: Request, results: Sequence[Any]) -> bytes:

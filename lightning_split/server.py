@@ -21,6 +21,7 @@ import http
 import logging
 import ssl
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from websockets.http11 import Response as HttpResponse
 from lightning_split import protocol, wire
 from lightning_split.programs import SplitError, SplitSpec, graph_summary, make_spec, materialize_skeleton
 from lightning_split.session import OptimizerSpec, ServerSession, SessionError
-from lightning_split.trace import TraceError, trace_module
+from lightning_split.trace import TracedModel, TraceError, trace_module
 
 log = logging.getLogger("lightning_split.server")
 
@@ -67,15 +68,42 @@ class ModelHost:
 
     def open(self, hello: Mapping[str, Any]) -> ServerSession:
         """Check a ``hello`` against the server's own model and build the session."""
+        with torch.random.fork_rng(devices=[]):  # building a session must not move anyone's random stream
+            return self._open(hello)
+
+    def profile(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Measure forward+backward seconds of every node of the server's copy of the model.
+
+        ``request`` describes the model as a ``hello`` does (without a placement). The
+        timings are of this server's device, on zero tensors of the device's shapes.
+        """
+        from lightning_split.measure import measure_node_costs
+
+        with torch.random.fork_rng(devices=[]):
+            traced, example = self._trace(request)
+            started = time.perf_counter()
+            node_s = measure_node_costs(
+                traced,
+                tuple(example["args"]),
+                dict(example["kwargs"]),
+                device=self.device,
+                warmup=max(0, min(int(request["warmup"]), 20)),
+                repeats=max(1, min(int(request["repeats"]), 50)),
+            )
+        return {
+            "node_s": node_s,
+            "device": str(self.device),
+            "hardware": hardware_name(self.device),
+            "measure_s": time.perf_counter() - started,
+        }
+
+    def _trace(self, hello: Mapping[str, Any]) -> tuple[TracedModel, dict[str, Any]]:
+        """Instantiate the model, trace it on the device's shapes, check it is the device's graph."""
         if hello["model"] != self.name:
             raise SessionError(
                 f"this server serves {self.name}, the device trains {hello['model']}: start the server with "
                 f"--model {hello['model']}"
             )
-        with torch.random.fork_rng(devices=[]):  # building a session must not move anyone's random stream
-            return self._open(hello)
-
-    def _open(self, hello: Mapping[str, Any]) -> ServerSession:
         init_args = self.init_args if self.init_args is not None else hello["init_args"]
         try:
             model = self.factory(init_args)
@@ -88,13 +116,17 @@ class ModelHost:
             traced = trace_module(model, tuple(example["args"]), dict(example["kwargs"]), hello.get("leaf_modules", ()))
         except (SplitError, TraceError, KeyError, TypeError) as exc:
             raise SessionError(f"the server cannot trace its {self.name}: {exc}") from exc
-        graph = traced.graph_module
         if traced.fingerprint() != hello["fingerprint"]:
             raise SessionError(
                 f"the server's {self.name} traces to a different graph than the device's: "
-                f"{_first_difference(hello.get('graph'), graph_summary(graph))}. "
+                f"{_first_difference(hello.get('graph'), graph_summary(traced.graph_module))}. "
                 "Are both sides running the same model version and init arguments?"
             )
+        return traced, example
+
+    def _open(self, hello: Mapping[str, Any]) -> ServerSession:
+        traced, _ = self._trace(hello)
+        graph = traced.graph_module
         try:
             spec = SplitSpec.from_json(hello["spec"])
             derived = make_spec(graph, spec.server_nodes)
@@ -189,6 +221,8 @@ class SplitServer:
         if name == "hello":
             state.session = self.host.open(op)
             return {"device": str(self.host.device), "rng_sync": self.host.device.type == "cpu"}
+        if name == "profile":
+            return self.host.profile(op)
         if name == "ping":
             size = max(0, min(op["reply_bytes"], self.limits.max_message_bytes // 2))
             return {"payload": torch.zeros(size, dtype=torch.uint8)}
@@ -243,6 +277,15 @@ class SplitServer:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def hardware_name(device: torch.device) -> str:
+    """A short name of the hardware behind ``device`` (GPU model, or the CPU and its thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def bound_url(server: Server, secure: bool = False) -> str:
