@@ -96,6 +96,7 @@ From a profile file:   lightning-split plan PROFILE.json [--method blockwise|ful
 From a model (estimated from FLOPs, nothing is measured):
   lightning-split plan --model pkg.module:Class --input-shape 32,3,32,32 [--device-gflops G]
       [--server-gflops G] [--uplink-mbps M] [--downlink-mbps M] [--rtt-ms R] [--out PROFILE.json] [--json]
+Either form takes --plot FILE.png|FILE.svg: the placed graph and the step time against bandwidth.
 """
 
 # Options that only make sense when the profile is estimated from --model (a profile file
@@ -132,6 +133,11 @@ def _add_plan_parser(commands: Any) -> None:
         help="blockwise (series decomposition, fast) or full (one min cut); both are exact (default: blockwise)",
     )
     plan.add_argument("--json", action="store_true", help="print one JSON object (SPEC.md section 3), not a table")
+    plan.add_argument(
+        "--plot",
+        metavar="FILE.png|FILE.svg",
+        help="also draw the placed graph and the step time against bandwidth into this file (needs matplotlib)",
+    )
     model = plan.add_argument_group("estimating a profile from a model (instead of PROFILE.json)")
     model.add_argument(
         "--model", metavar="pkg.module:Class", help="the model class, as pkg.module:Class (imported and traced here)"
@@ -177,6 +183,8 @@ def _plan(args: argparse.Namespace) -> int:
 
     if args.profile and args.model:
         raise CommandError("give either PROFILE.json or --model, not both")
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg"):
+        raise CommandError(f"--plot {args.plot}: use a .png or .svg file name")
     if args.profile:
         given = [flag for attr, flag in _MODEL_ONLY if getattr(args, attr) is not None]
         if given:
@@ -192,11 +200,26 @@ def _plan(args: argparse.Namespace) -> int:
         against = baselines(profile)
     except PlanningError as exc:
         raise CommandError(_one_line(str(exc))) from exc
+    if args.plot:
+        _plot(profile, result, against, title, args.plot)
     if args.json:
         print(json.dumps(result.to_json(against)))
     else:
         print(render_plan(profile, result, against, title=title))
     return 0
+
+
+def _plot(profile: Any, result: Any, against: dict[str, float], title: str, path: str) -> None:
+    """Write the ``--plot`` figure; say where on stderr, so ``--json`` keeps stdout to its one object."""
+    from lightning_split.plot import PlotError, plot_plan
+
+    try:
+        written = plot_plan(profile, result, path, baselines=against, title=title)
+    except PlotError as exc:
+        raise CommandError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot write the figure to {path}: {exc.strerror or exc}") from exc
+    print(f"wrote the plan figure to {written}", file=sys.stderr)
 
 
 def _load_profile(path: str) -> tuple[Any, str]:
