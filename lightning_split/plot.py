@@ -21,7 +21,7 @@ matplotlib is imported only by :func:`plot_plan`; it is the ``plot`` extra
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ DEVICE_COLOR = "#9ecae1"
 SERVER_COLOR = "#fdae6b"
 CUT_COLOR = "#d62728"
 _EXACT_METHODS = ("blockwise", "full")
+_SWEEP_HEIGHT = 8.0  # inches
 _BASELINE_STYLE = {
     "device_only": ("device only", "#1f77b4", "--"),
     "server_only": ("server only", "#ff7f0e", "--"),
@@ -326,10 +327,13 @@ def sweep(
     )
 
 
-def cut_label(placement: Plan, limit: int = 2) -> str:
-    """A short name for a placement: ``"all on device"`` or its cut tensors (``"a, b +3"``)."""
+def cut_label(placement: Plan, inputs: Collection[str] = (), limit: int = 2) -> str:
+    """A short name for a placement: ``"all on device"``, ``"server only"`` (nothing but the
+    ``inputs`` on the device) or its cut tensors (``"a, b +3"``)."""
     if not placement.server:
         return "all on device"
+    if inputs and set(placement.device) <= set(inputs):
+        return "server only"
     shown = ", ".join(placement.cut[:limit])
     more = len(placement.cut) - limit
     return shown + (f" +{more}" if more > 0 else "")
@@ -394,9 +398,12 @@ def plot_plan(
     widest = max((view.layers.count(layer) for layer in set(view.layers)), default=1)
     graph_width = min(0.6 + 0.2 * widest, 1.4)
     with plt.rc_context({"svg.fonttype": "none", "font.size": 9}):
-        figure, (graph_axes, sweep_axes) = plt.subplots(
-            1, 2, figsize=(15, height), gridspec_kw={"width_ratios": [graph_width, 1.0]}
-        )
+        figure = plt.figure(figsize=(15, height))
+        # A tall graph panel keeps the sweep at most _SWEEP_HEIGHT inches high, at the top.
+        sweep_rows = [min(height, _SWEEP_HEIGHT), max(height - _SWEEP_HEIGHT, 0.0)]
+        grid = figure.add_gridspec(2, 2, width_ratios=[graph_width, 1.0], height_ratios=sweep_rows)
+        graph_axes = figure.add_subplot(grid[:, 0])
+        sweep_axes = figure.add_subplot(grid[0, 1])
         _draw_graph(graph_axes, profile, placement, view)
         _draw_sweep(sweep_axes, profile, placement, curves, own)
         figure.suptitle(
@@ -434,6 +441,7 @@ def _draw_graph(axes: Any, profile: Profile, placement: Plan, view: GraphView) -
 
     where = _positions(view)
     font = 7 if len(view.boxes) <= 40 else 6
+    labeled: set[str] = set()
     for edge in view.edges:
         (x0, y0), (x1, y1) = where[edge.source], where[edge.target]
         span = y0 - y1
@@ -451,12 +459,16 @@ def _draw_graph(axes: Any, profile: Profile, placement: Plan, view: GraphView) -
             },
             zorder=1,
         )
-        if edge.crossing:
-            names = ", ".join(edge.tensors[:2]) + (f" +{len(edge.tensors) - 2}" if len(edge.tensors) > 2 else "")
+        # A tensor with several server consumers crosses once: only its first edge is labeled.
+        fresh = [name for name in edge.tensors if name not in labeled] if edge.crossing else []
+        if fresh:
+            labeled.update(fresh)
+            names = ", ".join(fresh[:2]) + (f" +{len(fresh) - 2}" if len(fresh) > 2 else "")
+            size = sum(profile.node(name).out_bytes for name in fresh)
             axes.text(
                 (x0 + x1) / 2 + 0.12,
                 (y0 + y1) / 2,
-                f"{names}: {format_bytes(edge.out_bytes)}",
+                f"{names}: {format_bytes(size)}",
                 color=CUT_COLOR,
                 fontsize=font,
                 ha="left",
@@ -520,6 +532,7 @@ def _draw_sweep(axes: Any, profile: Profile, placement: Plan, curves: Sweep, own
     axes.grid(True, which="both", alpha=0.25)
     blend = axes.get_xaxis_transform()
     previous, side = 0.0, "right"
+    inputs = [node.name for node in profile.nodes if node.kind == "input"]
     for change in curves.changes:
         axes.axvline(change.mbps, color="#888888", lw=0.8, ls="-", zorder=1)
         # Labels of changes close together go on alternate sides of their lines so they do not overlap.
@@ -528,7 +541,7 @@ def _draw_sweep(axes: Any, profile: Profile, placement: Plan, curves: Sweep, own
         axes.text(
             change.mbps,
             0.98,
-            f" {cut_label(change.after)} ({change.mbps:.3g} Mbit/s) ",
+            f" {cut_label(change.after, inputs)} ({change.mbps:.3g} Mbit/s) ",
             transform=blend,
             rotation=90,
             ha=side,
@@ -554,5 +567,6 @@ def _draw_sweep(axes: Any, profile: Profile, placement: Plan, curves: Sweep, own
         for name in BASELINES:
             if name in own:
                 axes.plot([here], [own[name] * 1e3], "o", color=_BASELINE_STYLE[name][1], ms=4, zorder=4)
-    axes.set_title(f"Step time against bandwidth ({len(curves.changes)} cut changes marked)", fontsize=10)
+    changes = f"{len(curves.changes)} change" + ("" if len(curves.changes) == 1 else "s")
+    axes.set_title(f"Step time against bandwidth ({changes} of the optimal cut marked)", fontsize=10)
     axes.legend(loc="upper right", fontsize=8, framealpha=0.9)
