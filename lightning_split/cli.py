@@ -51,6 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", help=f"file holding the bearer token (default: ${TOKEN_ENV} if set)")
     serve.add_argument("--device", default="cpu", help="torch device for the suffixes: cpu or cuda (default: cpu)")
     serve.add_argument("--init-args", help="JSON object of constructor arguments, used instead of the client's")
+    serve.add_argument("--certfile", help="TLS certificate chain (PEM): serve wss:// instead of ws://")
+    serve.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
+    serve.add_argument(
+        "--state-dir", help="persist each session here at optimizer steps, so a restarted server resumes it"
+    )
+    serve.add_argument("--state-every", type=int, default=1, help="persist every N optimizer steps (default: 1)")
+    serve.add_argument("--max-sessions", type=int, default=64, help="sessions held at once (default: 64)")
+    serve.add_argument(
+        "--idle-timeout", type=float, default=600.0, help="close connections silent this many seconds (default: 600)"
+    )
+    serve.add_argument(
+        "--session-ttl",
+        type=float,
+        default=300.0,
+        help="free a disconnected session's memory after this many seconds without resume (default: 300)",
+    )
+    serve.add_argument(
+        "--max-message-mb", type=float, default=512.0, help="largest message accepted, in MiB (default: 512)"
+    )
+    serve.add_argument("--threads", type=int, help="torch CPU threads for the server's compute (default: torch's)")
     serve.set_defaults(run=_serve)
 
     _add_plan_parser(commands)
@@ -58,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lightning_split.server import ModelHost, SplitServer, bound_url
+    from lightning_split import wire
+    from lightning_split.server import ModelHost, ServerPolicy, SplitServer, bound_url
 
     token = _read_token(args.token_file)
     cls = _import_model(args.model)
@@ -69,12 +90,25 @@ def _serve(args: argparse.Namespace) -> int:
             f"Use --token-file or ${TOKEN_ENV}.",
             stacklevel=1,
         )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    context = _ssl_context(args.certfile, args.keyfile)
+    policy = ServerPolicy(
+        limits=wire.Limits(max_message_bytes=int(args.max_message_mb * 2**20)),
+        max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout,
+        session_ttl=args.session_ttl,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        state_every=max(1, args.state_every),
+    )
     host = ModelHost(lambda init: cls(**dict(init)), args.model, device=args.device, init_args=init_args)
-    server = SplitServer(host, token=token)
+    server = SplitServer(host, token=token, policy=policy)
 
     async def run() -> None:
-        started = await server.start(args.host, args.port)
-        print(f"listening on {bound_url(started)}", flush=True)
+        started = await server.start(args.host, args.port, ssl_context=context)
+        print(f"listening on {bound_url(started, secure=context is not None)}", flush=True)
         stop = asyncio.get_running_loop().create_future()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
@@ -328,6 +362,23 @@ def _input_shape(text: str) -> tuple[int, ...]:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _ssl_context(certfile: str | None, keyfile: str | None) -> Any:
+    """A server TLS context from PEM files, or ``None`` for plain ws://."""
+    if not certfile and not keyfile:
+        return None
+    if not certfile:
+        raise CommandError("--keyfile needs --certfile")
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandError(f"cannot load the TLS certificate {certfile} / key {keyfile}: {exc}") from exc
+    return context
 
 
 def _read_token(path: str | None) -> str | None:

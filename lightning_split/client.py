@@ -8,7 +8,9 @@ results. It counts bytes and wire time for the logs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import ssl
 import threading
@@ -24,10 +26,15 @@ from lightning_split import protocol, wire
 from lightning_split.profile import Link
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
+log = logging.getLogger("lightning_split.client")
 
 
 class ConnectionFailed(ConnectionError):
     """The server could not be reached or refused the handshake; says which and what to do."""
+
+
+class _Unreachable(ConnectionFailed):
+    """The server is not reachable right now (worth retrying, unlike a refused handshake)."""
 
 
 @dataclass
@@ -79,6 +86,8 @@ class RemoteServer:
         timeout: seconds to wait for the handshake and for each reply.
         limits: wire limits for replies.
         link_limit: emulate a slower link (see :class:`LinkEmulator`); ``None``: the real link as it is.
+        retry_for: seconds to keep reconnecting, with exponential backoff, after the connection
+            drops; the session resumes where it was (0: fail at once).
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class RemoteServer:
         timeout: float = 300.0,
         limits: wire.Limits | None = None,
         link_limit: Link | str | None = None,
+        retry_for: float = 120.0,
     ) -> None:
         self.url = url
         if isinstance(link_limit, str):
@@ -99,6 +109,9 @@ class RemoteServer:
         self.timeout = timeout
         self.protocol = protocol.ClientConnection(limits or wire.Limits())
         self.traffic = Traffic()
+        self.retry_for = retry_for
+        self.session_id: str | None = None
+        self.reconnects = 0
         self._lock = threading.Lock()
         self._socket: ClientConnection | None = None
 
@@ -128,7 +141,7 @@ class RemoteServer:
             )
             raise ConnectionFailed(f"server {self.url} refused the handshake with HTTP {status}: {hint}") from exc
         except (OSError, TimeoutError) as exc:
-            raise ConnectionFailed(
+            raise _Unreachable(
                 f"cannot reach the lightning-split server at {self.url} ({exc}); is `lightning-split serve` running "
                 "there, and is the port open?"
             ) from exc
@@ -139,33 +152,108 @@ class RemoteServer:
             self.protocol.defer(op)
 
     def call(self, ops: Sequence[dict[str, Any]]) -> list[Any]:
-        """Send the deferred ops and ``ops``; wait for and return the results of ``ops``."""
+        """Send the deferred ops and ``ops``; wait for and return the results of ``ops``.
+
+        A dropped connection is retried for ``retry_for`` seconds; the request is identified
+        by its sequence number, so it is applied exactly once however often it is sent.
+        """
         with self._lock:
             if self._socket is None:
                 self.connect()
-            assert self._socket is not None
-            seq, data, skip = self.protocol.request(list(ops))
+            ops = list(ops)
+            seq, data, skip = self.protocol.request(ops)
+            ordered = not all(op["op"] in protocol.UNORDERED for op in ops)
             started = time.perf_counter()
             try:
-                if self.emulator is not None:
-                    self.emulator.before_send(len(data))
-                self._socket.send(data)
-                reply = self._socket.recv(timeout=self.timeout)
-                if self.emulator is not None:
-                    self.emulator.after_receive(len(reply))
-            except TimeoutError as exc:
-                raise ConnectionFailed(
-                    f"the server at {self.url} did not answer within {self.timeout:.0f} s; it may be overloaded "
-                    "or stuck: check its log, or raise SplitStrategy(timeout=...)"
-                ) from exc
-            except ConnectionClosed as exc:
-                raise ConnectionFailed(f"the connection to {self.url} closed: {exc}") from exc
+                reply = self._exchange(data)
+            except (ConnectionClosed, OSError) as exc:
+                reply = self._recover(seq, data, ordered, exc)
             elapsed = time.perf_counter() - started
             self.traffic.requests += 1
             self.traffic.bytes_up += len(data)
             self.traffic.bytes_down += len(reply)
             self.traffic.round_trip_s += elapsed
-            return self.protocol.receive(reply, seq, skip)
+            results = self.protocol.receive(reply, seq, skip)
+            for op, result in zip(ops, results):
+                if op["op"] == "hello" and isinstance(result, dict):
+                    self.session_id = result.get("session")
+                    self.protocol.keep_log = bool(result.get("persistent"))
+                elif op["op"] == "close":
+                    self.session_id = None
+            return results
+
+    def _exchange(self, data: bytes) -> bytes:
+        """One request, one reply, over the current socket (through the link emulator if any)."""
+        assert self._socket is not None
+        if self.emulator is not None:
+            self.emulator.before_send(len(data))
+        self._socket.send(data)
+        try:
+            reply = self._socket.recv(timeout=self.timeout)
+        except TimeoutError as exc:
+            raise ConnectionFailed(
+                f"the server at {self.url} did not answer within {self.timeout:.0f} s; it may be overloaded "
+                "or stuck: check its log, or raise SplitStrategy(timeout=...)"
+            ) from exc
+        if self.emulator is not None:
+            self.emulator.after_receive(len(reply))
+        if isinstance(reply, str):
+            raise protocol.ProtocolError("text reply received; the protocol uses binary messages only")
+        return reply
+
+    def _recover(self, seq: int, data: bytes, ordered: bool, error: BaseException) -> bytes:
+        """Reconnect with backoff, resume the session and get the reply to request ``seq``."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            if time.monotonic() + delay > deadline:
+                raise ConnectionFailed(
+                    f"lost the connection to {self.url} ({error}) and could not resume within {self.retry_for:g} s; "
+                    "is the server running? Raise SplitStrategy(retry_for=...) to wait longer"
+                ) from error
+            log.warning("connection to %s lost (%s); reconnecting in %.2f s", self.url, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            self._drop_socket()
+            try:
+                self.connect()
+                reply = self._resend(seq, data, ordered)
+            except (_Unreachable, ConnectionClosed, OSError) as exc:
+                error = exc
+                continue
+            self.reconnects += 1
+            return reply
+
+    def _resend(self, seq: int, data: bytes, ordered: bool) -> bytes:
+        """On a fresh connection: resume the session, replay what the server lacks, resend ``seq``."""
+        if self.session_id is None or not ordered:
+            return self._exchange(data)
+        resume_seq, resume, _ = self.protocol.request([{"op": "resume", "session": self.session_id}])
+        try:
+            (info,) = self.protocol.receive(self._exchange(resume), resume_seq, 0)
+        except protocol.RemoteError as exc:
+            raise ConnectionFailed(f"the server at {self.url} cannot resume this session: {exc.message}") from exc
+        if info["have_reply"] or info["durable"] is None:
+            pending = [(seq, data)]
+        else:
+            pending = self.protocol.replay_from(int(info["last_seq"]))
+            log.warning(
+                "server restored the session at request %s; replaying %d requests", info["last_seq"], len(pending)
+            )
+        if pending[-1][0] != seq:
+            raise protocol.ProtocolError(f"replay log ends at request {pending[-1][0]}, not {seq}")
+        for _, earlier in pending[:-1]:
+            reply = self._exchange(earlier)
+            payload = wire.decode(reply, self.protocol.limits)
+            if "error" in payload:
+                raise ConnectionFailed(f"replaying a request after the server restarted failed: {payload['error']}")
+        return self._exchange(pending[-1][1])
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                self._socket.close()
+            self._socket = None
 
     def close(self) -> None:
         with self._lock:

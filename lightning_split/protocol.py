@@ -8,9 +8,16 @@ as the cost model assumes. A *reply* carries the results of every op, or an erro
 
 Every request has a sequence number one higher than the last; a request with the number
 of the last one is a retry (after a dropped connection) and gets the same reply again,
-never a second application. This module holds no sockets: :class:`ServerConnection` and
-:class:`ClientConnection` turn bytes into checked Python values and back, so the rules can
-be tested without a network (the style of the ``websockets`` and ``h11`` libraries).
+never a second application. The sequence belongs to the *session*, not the connection
+(:class:`Sequencer`): a device that lost its connection reconnects, sends ``resume`` with
+its session id and carries on. A server restored from its state directory knows only the
+*durable point* (the last persisted op); the device replays its requests from there and
+the server skips the ops it had already applied. Requests made only of :data:`UNORDERED`
+ops (``ping``, ``profile``, ``resume``) are answered outside the sequence.
+
+This module holds no sockets: :class:`ServerConnection` and :class:`ClientConnection` turn
+bytes into checked Python values and back, so the rules can be tested without a network (the
+style of the ``websockets`` and ``h11`` libraries).
 """
 
 from __future__ import annotations
@@ -72,11 +79,16 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
         "repeats": _INT,
     },
     "ping": {"payload": _OPTIONAL_TENSOR, "reply_bytes": _INT},
+    "resume": {"session": (str,)},
     "close": {},
 }
 
 #: ops whose result the client does not wait for; they are sent with the next request.
 DEFERRABLE = frozenset({"zero_grad", "scale_grads", "clip_grad_value", "step", "release"})
+
+#: ops that change no session state: a request of only these is answered outside the
+#: session's sequence (it neither needs nor consumes a sequence number).
+UNORDERED = frozenset({"ping", "profile", "resume"})
 
 
 class ProtocolError(ValueError):
@@ -94,8 +106,16 @@ class RemoteError(RuntimeError):
 
 @dataclass(frozen=True)
 class Request:
+    """A checked request. ``skip`` ops at its start were already applied (a replay after a restore)."""
+
     seq: int
     ops: list[dict[str, Any]]
+    skip: int = 0
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the request belongs to the session's sequence (it changes session state)."""
+        return not all(op["op"] in UNORDERED for op in self.ops)
 
 
 def check_op(op: Any, index: int = 0) -> dict[str, Any]:
@@ -142,8 +162,11 @@ def encode_request(seq: int, ops: Sequence[Mapping[str, Any]]) -> bytes:
     return wire.encode({"v": VERSION, "seq": seq, "ops": list(ops)})
 
 
-def encode_reply(seq: int, results: Sequence[Any]) -> bytes:
-    return wire.encode({"v": VERSION, "seq": seq, "results": list(results)})
+def encode_reply(seq: int, results: Sequence[Any], durable: int | None = None) -> bytes:
+    payload: dict[str, Any] = {"v": VERSION, "seq": seq, "results": list(results)}
+    if durable is not None:
+        payload["durable"] = durable
+    return wire.encode(payload)
 
 
 def encode_error(seq: int | None, kind: str, message: str) -> bytes:
@@ -151,18 +174,54 @@ def encode_error(seq: int | None, kind: str, message: str) -> bytes:
 
 
 @dataclass
+class Sequencer:
+    """The request order of one session; it outlives connections.
+
+    Attributes:
+        last_seq: the last request answered (or, after a restore, the durable one).
+        last_reply: its reply, sent again if the device retries it (``None`` after a restore).
+        applied_ops: after a restore, how many ops of request ``last_seq`` were applied
+            before the state was persisted; a replay of that request skips them.
+        durable: the last request whose effects (up to some op) are persisted, if any.
+    """
+
+    last_seq: int | None = None
+    last_reply: bytes | None = None
+    applied_ops: int | None = None
+    durable: int | None = None
+
+    def admit(self, request: Request) -> Request | bytes:
+        """Decide what to do with an ordered request: run it (perhaps partly) or answer from the cache.
+
+        Raises:
+            ProtocolError: the request is out of order.
+        """
+        if request.seq == self.last_seq:
+            if self.last_reply is not None:
+                return self.last_reply
+            if self.applied_ops is not None:
+                return Request(request.seq, request.ops, skip=min(self.applied_ops, len(request.ops)))
+        if self.last_seq is not None and request.seq != self.last_seq + 1:
+            raise ProtocolError(f"request {request.seq} out of order: the last request was {self.last_seq}")
+        return request
+
+    def answered(self, request: Request, reply: bytes) -> None:
+        self.last_seq, self.last_reply, self.applied_ops = request.seq, reply, None
+
+
+@dataclass
 class ServerConnection:
     """Protocol state of one connection on the server side.
 
-    Tracks the sequence numbers and the last reply (for retries). It does not run ops: the
-    caller runs the :class:`Request` that :meth:`receive` returns and hands the results
-    to :meth:`reply`.
+    Parses and checks messages; the order of requests is kept by the :class:`Sequencer` of
+    the session the connection is attached to (a fresh one until ``hello`` or ``resume``).
+    It does not run ops: the caller runs the :class:`Request` that :meth:`receive` returns
+    and hands the results to :meth:`reply`.
     """
 
     limits: wire.Limits = field(default_factory=wire.Limits)
-    last_seq: int | None = None
-    last_reply: bytes | None = None
-    opened: bool = False
+    sequencer: Sequencer = field(default_factory=Sequencer)
+    attached: bool = False
 
     def receive(self, data: bytes | str) -> Request | bytes:
         """Parse one message. Returns a :class:`Request` to run, or the cached reply of a retry.
@@ -178,39 +237,54 @@ class ServerConnection:
             raise ProtocolError(f"'seq' must be a non-negative integer, got {seq!r}")
         if not isinstance(ops, list) or not ops:
             raise ProtocolError("'ops' must be a non-empty list")
-        if seq == self.last_seq and self.last_reply is not None:
-            return self.last_reply
-        if self.last_seq is not None and seq != self.last_seq + 1:
-            raise ProtocolError(f"request {seq} out of order: the last request was {self.last_seq}")
         checked = [check_op(op, index) for index, op in enumerate(ops)]
-        if not self.opened and checked[0]["op"] not in ("hello", "ping", "profile"):
-            raise ProtocolError(f"the first op must be 'hello', 'profile' or 'ping', got {checked[0]['op']!r}")
-        return Request(seq, checked)
+        request = Request(seq, checked)
+        if not request.ordered:
+            if any(op["op"] == "resume" for op in checked) and len(checked) > 1:
+                raise ProtocolError("'resume' must be the only op of its request")
+            return request
+        if not self.attached and checked[0]["op"] != "hello":
+            raise ProtocolError(
+                f"the first op must be 'hello' (or 'resume' to continue a session), got {checked[0]['op']!r}"
+            )
+        if checked[0]["op"] == "hello":
+            return request  # a new session starts its own sequence
+        return self.sequencer.admit(request)
+
+    def attach(self, sequencer: Sequencer) -> None:
+        """Continue the sequence of a session (after ``hello`` or ``resume``)."""
+        self.sequencer, self.attached = sequencer, True
 
     def reply(self, request: Request, results: Sequence[Any]) -> bytes:
         """Encode the results of a request that ran, and remember them for a retry."""
-        data = encode_reply(request.seq, results)
-        self.last_seq, self.last_reply = request.seq, data
-        if any(op["op"] == "hello" for op in request.ops):
-            self.opened = True
+        if not request.ordered:
+            return encode_reply(request.seq, results)
+        data = encode_reply(request.seq, results, self.sequencer.durable)
+        self.sequencer.answered(request, data)
         return data
 
     def error(self, request: Request | None, kind: str, message: str) -> bytes:
         """Encode an error reply; a request that failed counts as answered (its retry gets the same error)."""
         seq = request.seq if request is not None else None
         data = encode_error(seq, kind, message)
-        if request is not None:
-            self.last_seq, self.last_reply = request.seq, data
+        if request is not None and request.ordered and self.attached:
+            self.sequencer.answered(request, data)
         return data
 
 
 @dataclass
 class ClientConnection:
-    """Protocol state of the device side: sequence numbers and deferred ops."""
+    """Protocol state of the device side: sequence numbers, deferred ops and the replay log.
+
+    The replay log keeps each ordered request (its bytes) until the server reports it
+    durable, so after a server restart the device can send again what was lost.
+    """
 
     limits: wire.Limits = field(default_factory=wire.Limits)
     seq: int = -1
     deferred: list[dict[str, Any]] = field(default_factory=list)
+    log: list[tuple[int, bytes]] = field(default_factory=list)
+    keep_log: bool = False
 
     def defer(self, op: dict[str, Any]) -> None:
         """Queue an op that needs no answer; it goes out with the next request."""
@@ -220,12 +294,32 @@ class ClientConnection:
         self.deferred.append(op)
 
     def request(self, ops: Sequence[dict[str, Any]]) -> tuple[int, bytes, int]:
-        """Encode the deferred ops followed by ``ops``; returns (seq, bytes, number of deferred ops)."""
+        """Encode the deferred ops followed by ``ops``; returns (seq, bytes, number of deferred ops).
+
+        A request of only :data:`UNORDERED` ops carries no deferred ops and takes no new number.
+        """
         for index, op in enumerate(ops):
             check_op(op, index)
+        if all(op["op"] in UNORDERED for op in ops):
+            return max(self.seq, 0), encode_request(max(self.seq, 0), list(ops)), 0
         self.seq += 1
         pending, self.deferred = self.deferred, []
-        return self.seq, encode_request(self.seq, [*pending, *ops]), len(pending)
+        data = encode_request(self.seq, [*pending, *ops])
+        if not self.keep_log:
+            self.log.clear()
+        self.log.append((self.seq, data))
+        return self.seq, data, len(pending)
+
+    def replay_from(self, seq: int) -> list[tuple[int, bytes]]:
+        """The logged requests from ``seq`` on, to send again after a restore.
+
+        Raises:
+            ProtocolError: the log no longer holds request ``seq``.
+        """
+        if not self.log or self.log[0][0] > seq:
+            oldest = self.log[0][0] if self.log else None
+            raise ProtocolError(f"cannot replay from request {seq}: the device kept requests from {oldest} on")
+        return [(s, data) for s, data in self.log if s >= seq]
 
     def receive(self, data: bytes | str, seq: int, skip: int) -> list[Any]:
         """Decode the reply to request ``seq``; return the results of the non-deferred ops."""
@@ -238,4 +332,7 @@ class ClientConnection:
         results = payload.get("results")
         if not isinstance(results, list):
             raise ProtocolError("reply without a 'results' list")
+        durable = payload.get("durable")
+        if isinstance(durable, int) and not isinstance(durable, bool):
+            self.log = [(s, d) for s, d in self.log if s >= durable]
         return results[skip:]

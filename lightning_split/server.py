@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import ctypes
+import dataclasses
+import gc
 import hmac
 import http
 import logging
+import os
+import re
+import secrets
 import ssl
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,7 +146,8 @@ class ModelHost:
         state = hello["state"]
         if not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise SessionError("hello 'state' must map state keys to tensors")
-        return ServerSession(graph, spec, state, optimizers, device=self.device)
+        cut_meta = [traced.node(name).out_meta for name in spec.cut]
+        return ServerSession(graph, spec, state, optimizers, device=self.device, cut_meta=cut_meta)
 
 
 def _short(value: Any, limit: int = 120) -> str:
@@ -158,23 +167,136 @@ def _first_difference(client: Any, server: list[list[str]]) -> str:
 
 
 @dataclass
-class _ConnectionState:
-    session: ServerSession | None = None
+class ServerPolicy:
+    """What one server accepts and keeps; every limit has a ``serve`` flag of the same name.
+
+    Attributes:
+        limits: wire limits for every message (size, tensor count, rank, dtypes).
+        max_sessions: sessions held at once (connected or waiting for their device to resume).
+        idle_timeout: seconds a connection may stay silent before the server closes it (the
+            device reconnects and resumes transparently when it comes back).
+        session_ttl: seconds a session whose connection dropped waits for ``resume`` before
+            its memory is freed (it stays in ``state_dir`` when there is one).
+        state_dir: where sessions are persisted at optimizer steps (``None``: in memory only).
+        state_every: persist every this many optimizer steps.
+    """
+
+    limits: wire.Limits = field(default_factory=wire.Limits)
+    max_sessions: int = 64
+    idle_timeout: float = 600.0
+    session_ttl: float = 300.0
+    state_dir: Path | None = None
+    state_every: int = 1
+
+
+@dataclass
+class _Session:
+    """A server session and what outlives its connections: id, description, request order."""
+
+    id: str
+    session: ServerSession
+    description: dict[str, Any]  # the hello without the state tensors, for a restore
+    sequencer: protocol.Sequencer = field(default_factory=protocol.Sequencer)
+    steps: int = 0
+    connection: Any = None
+    detached_at: float | None = None
+
+
+@dataclass
+class _Attachment:
+    """The session one connection speaks for (none until ``hello`` or ``resume``)."""
+
+    record: _Session | None = None
+
+
+_SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class StateStore:
+    """Persists sessions in a directory, one file each, written atomically in the wire format.
+
+    A file holds the session's description (its ``hello`` without tensors), a snapshot
+    (suffix state, gradients, optimizer state) and the *durable point*: the request and the
+    number of its ops the snapshot includes. Nothing in it is ever unpickled or executed.
+    """
+
+    def __init__(self, directory: str | Path, limits: wire.Limits | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or wire.Limits(max_message_bytes=2**40)
+
+    def path(self, session_id: str) -> Path:
+        if not _SESSION_ID.match(session_id):
+            raise SessionError(f"malformed session id {session_id[:40]!r}")
+        return self.directory / f"{session_id}.lsw"
+
+    def save(self, record: _Session, seq: int, applied_ops: int) -> None:
+        data = wire.encode(
+            {
+                "description": record.description,
+                "snapshot": record.session.snapshot(),
+                "durable": [seq, applied_ops],
+                "steps": record.steps,
+            }
+        )
+        target = self.path(record.id)
+        temporary = target.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def load(self, session_id: str) -> dict[str, Any] | None:
+        path = self.path(session_id)
+        if not path.exists():
+            return None
+        try:
+            return wire.decode(path.read_bytes(), self.limits)
+        except (OSError, wire.WireError) as exc:
+            raise SessionError(f"the saved session {session_id} cannot be read: {exc}") from exc
+
+    def delete(self, session_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(session_id).unlink()
 
 
 class SplitServer:
     """Serves split-learning sessions over websockets.
 
+    One asyncio task per connection reads and writes; all compute runs on one thread, so
+    many devices never block each other's I/O and the CPU or GPU sees one job at a time.
+    Sessions outlive connections: a device that reconnects sends ``resume`` and continues
+    (with ``policy.state_dir``, even after the server restarted).
+
     Args:
         host: builds the sessions.
         token: bearer token required at the handshake (``None``: no authentication).
-        limits: wire limits applied to every message.
+        limits: wire limits (shorthand for ``policy.limits``).
+        policy: limits, timeouts and persistence.
     """
 
-    def __init__(self, host: ModelHost, token: str | None = None, limits: wire.Limits | None = None) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        token: str | None = None,
+        limits: wire.Limits | None = None,
+        policy: ServerPolicy | None = None,
+    ) -> None:
         self.host = host
         self.token = token
-        self.limits = limits or wire.Limits()
+        self.policy = policy or ServerPolicy()
+        if limits is not None:
+            self.policy = dataclasses.replace(self.policy, limits=limits)
+        self.limits = self.policy.limits
+        self.store = StateStore(self.policy.state_dir) if self.policy.state_dir is not None else None
+        self.sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-compute")
 
     def _authorize(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
@@ -187,28 +309,39 @@ class SplitServer:
         return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n")
 
     async def handle(self, websocket: ServerConnection) -> None:
-        """Serve one connection: one session, requests answered in order."""
+        """Serve one connection: requests answered in order, the session kept when it drops."""
         connection = protocol.ServerConnection(self.limits)
-        state = _ConnectionState()
+        attachment = _Attachment()
         loop = asyncio.get_running_loop()
         try:
-            async for message in websocket:
-                reply = await loop.run_in_executor(self.executor, self._answer, connection, state, message)
+            while True:
+                try:
+                    message = await asyncio.wait_for(websocket.recv(), self.policy.idle_timeout)
+                except TimeoutError:
+                    await websocket.close(1001, f"idle for {self.policy.idle_timeout:g} s; reconnect to resume")
+                    break
+                reply = await loop.run_in_executor(
+                    self.executor, self._answer, connection, attachment, websocket, message
+                )
                 await websocket.send(reply)
         except ConnectionClosed:
             pass
         finally:
-            state.session = None
+            self._detach(attachment.record, websocket)
 
-    def _answer(self, connection: protocol.ServerConnection, state: _ConnectionState, message: Any) -> bytes:
+    def _answer(
+        self, connection: protocol.ServerConnection, attachment: _Attachment, websocket: Any, message: Any
+    ) -> bytes:
         try:
             request = connection.receive(message)
         except protocol.ProtocolError as exc:
             return connection.error(None, "protocol", str(exc))
         if isinstance(request, bytes):
             return request
+        results: list[Any] = [None] * request.skip
         try:
-            results = [self._run(state, op) for op in request.ops]
+            for index in range(request.skip, len(request.ops)):
+                results.append(self._run(connection, attachment, websocket, request, index))
         except (SessionError, SplitError, protocol.ProtocolError) as exc:
             return connection.error(request, type(exc).__name__, str(exc))
         except Exception as exc:  # a bug or a bad tensor: end this request, keep serving
@@ -216,19 +349,49 @@ class SplitServer:
             return connection.error(request, "internal", f"{type(exc).__name__}: {exc}")
         return connection.reply(request, results)
 
-    def _run(self, state: _ConnectionState, op: dict[str, Any]) -> Any:
+    def _run(
+        self,
+        connection: protocol.ServerConnection,
+        attachment: _Attachment,
+        websocket: Any,
+        request: protocol.Request,
+        index: int,
+    ) -> Any:
+        op = request.ops[index]
         name = op["op"]
         if name == "hello":
-            state.session = self.host.open(op)
-            return {"device": str(self.host.device), "rng_sync": self.host.device.type == "cpu"}
+            record = self._open(op, websocket)
+            self._detach(attachment.record, websocket)
+            attachment.record = record
+            connection.attach(record.sequencer)
+            self._persist(record, request.seq, index + 1)
+            return {
+                "device": str(self.host.device),
+                "rng_sync": self.host.device.type == "cpu",
+                "session": record.id,
+                "persistent": self.store is not None,
+            }
+        if name == "resume":
+            record = self._resume(op["session"], websocket)
+            attachment.record = record
+            connection.attach(record.sequencer)
+            sequencer = record.sequencer
+            return {
+                "session": record.id,
+                "last_seq": sequencer.last_seq,
+                "have_reply": sequencer.last_reply is not None,
+                "durable": sequencer.durable,
+            }
         if name == "profile":
             return self.host.profile(op)
         if name == "ping":
             size = max(0, min(op["reply_bytes"], self.limits.max_message_bytes // 2))
-            return {"payload": torch.zeros(size, dtype=torch.uint8)}
-        session = state.session
-        if session is None:
+            hardware = hardware_name(self.host.device)
+            return {"payload": torch.zeros(size, dtype=torch.uint8), "hardware": hardware, "torch": torch.__version__}
+        record = attachment.record
+        if record is None:
             raise SessionError(f"op {name!r} before 'hello'")
+        session = record.session
         if name == "forward":
             outputs, rng = session.forward(
                 op["id"], op["values"], op["requires_grad"], op["training"], op["grad"], op["rng"]
@@ -247,22 +410,122 @@ class SplitServer:
         if name == "clip_grad_value":
             return session.clip_grad_value(op["optimizer"], float(op["value"]))
         if name == "step":
-            return session.step(op["optimizer"], op["hparams"])
+            session.step(op["optimizer"], op["hparams"])
+            record.steps += 1
+            if record.steps % self.policy.state_every == 0:
+                self._persist(record, request.seq, index + 1)
+            return None
         if name == "state_dict":
             return session.state_dict()
         if name == "optimizer_state":
             return session.optimizer_state(op["optimizer"])
         if name == "load_optimizer_state":
-            return session.load_optimizer_state(op["optimizer"], op["state"])
+            result = session.load_optimizer_state(op["optimizer"], op["state"])
+            self._persist(record, request.seq, index + 1)
+            return result
         if name == "close":
-            state.session = None
+            self._close(record)
+            attachment.record = None
             return None
         raise SessionError(f"op {name!r} is not served")
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _open(self, hello: dict[str, Any], websocket: Any) -> _Session:
+        with self._lock:
+            self._expire()
+            if len(self.sessions) >= self.policy.max_sessions:
+                raise SessionError(
+                    f"the server holds {len(self.sessions)} sessions, its maximum: try again later, or start it "
+                    "with a larger --max-sessions"
+                )
+        session = self.host.open(hello)
+        description = {key: value for key, value in hello.items() if key not in ("op", "state")}
+        record = _Session(secrets.token_hex(16), session, description, connection=websocket)
+        with self._lock:
+            self.sessions[record.id] = record
+        log.info("session %s opened (%d held)", record.id, len(self.sessions))
+        return record
+
+    def _resume(self, session_id: str, websocket: Any) -> _Session:
+        if not _SESSION_ID.match(session_id):
+            raise SessionError(f"malformed session id {session_id[:40]!r}")
+        with self._lock:
+            record = self.sessions.get(session_id)
+        if record is None:
+            record = self._restore(session_id)
+        with self._lock:
+            previous, record.connection, record.detached_at = record.connection, websocket, None
+        if previous is not None and previous is not websocket:
+            log.info("session %s moved to a new connection", session_id)
+            asyncio.run_coroutine_threadsafe(previous.close(1000, "session resumed on another connection"), self._loop)
+        return record
+
+    def _restore(self, session_id: str) -> _Session:
+        saved = self.store.load(session_id) if self.store is not None else None
+        if saved is None:
+            raise SessionError(
+                f"no session {session_id} here: it was closed, expired after {self.policy.session_ttl:g} s without "
+                "its device, or the server restarted without --state-dir. Start the training again."
+            )
+        description = dict(saved["description"])
+        session = self.host.open({**description, "state": saved["snapshot"]["state"]})
+        session.restore(saved["snapshot"])
+        seq, applied = saved["durable"]
+        sequencer = protocol.Sequencer(last_seq=seq, applied_ops=applied, durable=seq)
+        record = _Session(session_id, session, description, sequencer, steps=int(saved["steps"]))
+        with self._lock:
+            self.sessions[session_id] = record
+        log.info("session %s restored from %s at request %d", session_id, self.store.directory, seq)
+        return record
+
+    def _persist(self, record: _Session, seq: int, applied_ops: int) -> None:
+        if self.store is None:
+            return
+        self.store.save(record, seq, applied_ops)
+        record.sequencer.durable = seq
+
+    def _close(self, record: _Session) -> None:
+        with self._lock:
+            self.sessions.pop(record.id, None)
+        if self.store is not None:
+            self.store.delete(record.id)
+        log.info("session %s closed (%d held)", record.id, len(self.sessions))
+        _release_memory()
+
+    def _detach(self, record: _Session | None, websocket: Any) -> None:
+        if record is None:
+            return
+        with self._lock:
+            if record.connection is websocket:
+                record.connection, record.detached_at = None, time.monotonic()
+
+    def _expire(self) -> None:
+        """Free sessions whose device has been gone longer than the policy allows (lock held)."""
+        now = time.monotonic()
+        expired = [
+            key
+            for key, record in self.sessions.items()
+            if record.detached_at is not None and now - record.detached_at > self.policy.session_ttl
+        ]
+        for key in expired:
+            del self.sessions[key]
+            log.info("session %s expired after %g s without its device", key, self.policy.session_ttl)
+        if expired:
+            _release_memory()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, max(0.05, self.policy.session_ttl / 4)))
+            with self._lock:
+                self._expire()
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 8765, ssl_context: ssl.SSLContext | None = None
     ) -> Server:
         """Start listening; returns the websockets ``Server`` (its sockets tell the bound port)."""
+        self._loop = asyncio.get_running_loop()
+        self._reaper = self._loop.create_task(self._reap())
         return await serve(
             self.handle,
             host,
@@ -276,7 +539,17 @@ class SplitServer:
         )
 
     def close(self) -> None:
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(reaper.cancel)
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _release_memory() -> None:
+    """Give freed session memory back to the system (glibc keeps it otherwise)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def hardware_name(device: torch.device) -> str:
@@ -304,8 +577,10 @@ class EmbeddedServer:
     command, and tests exercise the real transport.
     """
 
-    def __init__(self, host: ModelHost, token: str | None = None, port: int = 0) -> None:
-        self.server = SplitServer(host, token=token)
+    def __init__(
+        self, host: ModelHost, token: str | None = None, port: int = 0, policy: ServerPolicy | None = None
+    ) -> None:
+        self.server = SplitServer(host, token=token, policy=policy)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped: asyncio.Future[None] | None = None

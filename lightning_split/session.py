@@ -94,6 +94,10 @@ class ServerSession:
         optimizers: the device's optimizers to mirror.
         device: where the suffix runs (``"cpu"`` or ``"cuda"``).
         max_pending: forward passes kept for backward at most; older ones are dropped.
+        cut_meta: the server's own trace of each cut value (``("tensor", shape, dtype)`` leaves);
+            forward values are checked against it before anything runs: same kind, dtype, rank
+            and sizes except the batch dimension, which may be at most ``max_batch``.
+        max_batch: largest batch dimension accepted in a forward.
     """
 
     def __init__(
@@ -104,9 +108,13 @@ class ServerSession:
         optimizers: Sequence[OptimizerSpec] = (),
         device: str | torch.device = "cpu",
         max_pending: int = 16,
+        cut_meta: Sequence[Any] | None = None,
+        max_batch: int = 65536,
     ) -> None:
         self.device = torch.device(device)
         self.spec = spec
+        self.cut_meta = list(cut_meta) if cut_meta is not None else None
+        self.max_batch = max_batch
         try:
             program = server_program(graph_module, spec)
         except (SplitError, KeyError, AttributeError) as exc:
@@ -177,6 +185,11 @@ class ServerSession:
         """
         if len(values) != len(self.spec.cut):
             raise SessionError(f"forward sent {len(values)} cut values, the plan has {len(self.spec.cut)}")
+        if len(requires_grad) != len(values):
+            raise SessionError(f"forward sent {len(requires_grad)} requires_grad flags for {len(values)} values")
+        if self.cut_meta is not None:
+            for name, value, meta in zip(self.spec.cut, values, self.cut_meta):
+                _check_value(value, meta, f"cut value {name!r}", self.max_batch)
         started = time.perf_counter()
         inputs: list[Any] = []
         for value, needs_grad in zip(values, requires_grad):
@@ -218,6 +231,8 @@ class ServerSession:
         for output, grad in zip(outputs, grads):
             if grad is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
                 continue
+            if not isinstance(grad, torch.Tensor) or not (grad.is_floating_point() or grad.is_complex()):
+                raise SessionError(f"gradients must be floating-point tensors, got {_kind(grad)}")
             if grad.shape != output.shape:
                 raise SessionError(
                     f"gradient of shape {tuple(grad.shape)} for an output of shape {tuple(output.shape)}"
@@ -310,6 +325,59 @@ class ServerSession:
                 name: (value.to(param.device) if isinstance(value, torch.Tensor) and value.dim() > 0 else value)
                 for name, value in state.items()
             }
+
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a restarted server needs to continue: state, gradients, optimizer state."""
+        return {
+            "state": self.state_dict(),
+            "grads": {key: _to_cpu(p.grad) for key, p in self.params.items() if p.grad is not None},
+            "optimizers": [self.optimizer_state(i) for i in range(len(self.mirrors))],
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Install a :meth:`snapshot` (taken from a session of the same model and placement)."""
+        try:
+            state, grads, optimizers = snapshot["state"], snapshot["grads"], snapshot["optimizers"]
+            with torch.no_grad():
+                for key, tensor in self.state_refs.items():
+                    tensor.copy_(state[key])
+                for key, param in self.params.items():
+                    param.grad = grads[key].to(param.device).clone() if key in grads else None
+            for index, states in enumerate(optimizers):
+                self.load_optimizer_state(index, states)
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise SessionError(f"the saved session does not fit this model: {exc!r}") from exc
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _check_value(value: Any, meta: Any, what: str, max_batch: int) -> None:
+    """Check a received value against the traced structure before it is used."""
+    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
+        _, shape, dtype = meta
+        if not isinstance(value, torch.Tensor):
+            raise SessionError(f"{what}: expected a tensor, got {_kind(value)}")
+        if str(value.dtype) != dtype or value.dim() != len(shape):
+            raise SessionError(f"{what}: expected {dtype} of rank {len(shape)}, got {_kind(value)}")
+        if tuple(value.shape[1:]) != tuple(shape[1:]) or (shape and not 0 < value.shape[0] <= max_batch):
+            raise SessionError(
+                f"{what}: expected shape (batch, {', '.join(map(str, shape[1:]))}) with batch <= {max_batch}, "
+                f"got {tuple(value.shape)}"
+            )
+    elif isinstance(meta, tuple | list) and not (len(meta) == 2 and meta[0] == "value"):
+        if not isinstance(value, tuple | list) or len(value) != len(meta):
+            raise SessionError(f"{what}: expected a sequence of {len(meta)} values, got {_kind(value)}")
+        for index, (item, item_meta) in enumerate(zip(value, meta)):
+            _check_value(item, item_meta, f"{what}[{index}]", max_batch)
+    elif isinstance(value, torch.Tensor) and not isinstance(meta, dict):
+        raise SessionError(f"{what}: expected a {meta[1] if isinstance(meta, tuple) else meta}, got {_kind(value)}")
 
 
 def _to_cpu(value: Any) -> Any:
