@@ -300,7 +300,11 @@ def sweep(
     def solve(at: float) -> Plan:
         return plan(profile.with_link(scaled_link(profile.link, at)), method)
 
-    plans = [solve(at) for at in mbps]
+    plans, costs_at = [], []
+    for at in mbps:
+        linked = profile.with_link(scaled_link(profile.link, at))
+        plans.append(plan(linked, method))
+        costs_at.append(planned_baselines(linked))
     changes: list[CutChange] = []
     for (left_at, left), (right_at, right) in zip(zip(mbps, plans), zip(mbps[1:], plans[1:])):
         while left.device != right.device:
@@ -314,14 +318,10 @@ def sweep(
                     high, high_plan = middle, middle_plan
             changes.append(CutChange(low, high, low_plan, high_plan))
             left_at, left = high, high_plan
-    costs = {
-        name: tuple(planned_baselines(profile.with_link(scaled_link(profile.link, at)))[name] for at in mbps)
-        for name in BASELINES
-    }
     return Sweep(
         mbps=tuple(mbps),
         optimal=tuple(p.predicted_step_s for p in plans),
-        baselines=costs,
+        baselines={name: tuple(costs[name] for costs in costs_at) for name in BASELINES},
         cuts=tuple(p.cut for p in plans),
         changes=tuple(changes),
     )
