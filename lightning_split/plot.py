@@ -296,6 +296,8 @@ def sweep(
     mbps = sorted(float(b) for b in (bandwidths if bandwidths is not None else default_bandwidths(profile.link)))
     if not mbps or mbps[0] <= 0:
         raise ValueError("sweep bandwidths must be positive Mbit/s")
+    if not tolerance > 1.0:
+        raise ValueError(f"the bisection tolerance is a ratio above 1, got {tolerance!r}")
 
     def solve(at: float) -> Plan:
         return plan(profile.with_link(scaled_link(profile.link, at)), method)

@@ -216,3 +216,13 @@ def test_cli_rejects_an_unknown_figure_format(tmp_path: Path, capsys: pytest.Cap
     assert out == ""
     assert ".png or .svg" in err
     assert not (tmp_path / "plan.jpg").exists()
+
+
+def test_sweep_rejects_bad_arguments() -> None:
+    profile = diamond()
+    with pytest.raises(ValueError, match="positive"):
+        sweep(profile, bandwidths=[0.0, 10.0])
+    with pytest.raises(ValueError, match="ratio above 1"):
+        sweep(profile, tolerance=1.0)
+    with pytest.raises(ValueError, match="exact method"):
+        sweep(profile, method="device_only")
