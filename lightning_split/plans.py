@@ -1,23 +1,32 @@
 """From a module and a batch to a placement: trace, cost, plan, check.
 
 :func:`make_plan` is what ``SplitStrategy`` calls on the first forward. It traces the
-module on the real batch, builds a cost profile (estimated from FLOPs, or measured), solves
-for the optimal cut (or takes the user's), and keeps tensors shared by both sides (tied
-weights) on one side by re-planning with pins. The result, :class:`SplitPlan`, renders
-itself for logs (:meth:`SplitPlan.describe`) and loggers (:meth:`SplitPlan.summary`).
+module on the real batch (:func:`trace_batch`), builds a cost profile (node costs from a
+*cost source* plus a link), solves for the optimal cut (or takes the user's), and keeps
+tensors shared by both sides (tied weights) on one side by re-planning with pins. The
+result, :class:`SplitPlan`, renders itself for logs (:meth:`SplitPlan.describe`) and
+loggers (:meth:`SplitPlan.summary`), and re-plans itself for another link with the same
+trace and node costs (:meth:`SplitPlan.replanned`), which is what live re-planning needs.
+
+Cost sources turn a trace and a link into a :class:`~lightning_split.profile.Profile`:
+:class:`EstimatedCosts` (FLOPs over assumed throughputs) and :class:`GivenCosts` (a profile
+made earlier, matched by node name); measured costs come from :mod:`lightning_split.measure`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import fx, nn
 
 from lightning_split import planner
-from lightning_split.profile import Link, Profile
+from lightning_split.profile import Link, NodeCost, Profile, ProfileError
 from lightning_split.programs import (
     SplitError,
     SplitSpec,
@@ -30,9 +39,42 @@ from lightning_split.programs import (
 from lightning_split.trace import TracedModel, trace_module
 
 ProfileBuilder = Callable[[TracedModel, Link], Profile]
+LinkSource = Callable[[TracedModel], Link]
 
 #: Link assumed for planning when none is given or measured: a Wi-Fi-class edge link.
 DEFAULT_LINK = Link.from_mbps(100.0, 100.0, rtt_ms=2.0)
+
+
+@dataclass
+class TracedBatch:
+    """A trace of the module on one real batch, plus that batch's shapes (never its data).
+
+    Attributes:
+        traced: the trace.
+        example: ``{"args": ..., "kwargs": ...}`` with every tensor replaced by its dtype and
+            shape, so the server can trace its own copy of the model the same way.
+    """
+
+    traced: TracedModel
+    example: dict[str, Any]
+
+    def hello_fields(self) -> dict[str, Any]:
+        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
+        return {
+            "fingerprint": self.traced.fingerprint(),
+            "graph": graph_summary(self.traced.graph_module),
+            "leaf_modules": list(self.traced.leaf_modules),
+            "example": self.example,
+        }
+
+
+def trace_batch(
+    module: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], leaf_modules: Sequence[str | type] = ()
+) -> TracedBatch:
+    """Trace ``module`` on one call (``args``, ``kwargs``) and keep the call's shapes."""
+    traced = trace_module(module, tuple(args), dict(kwargs), leaf_modules)
+    example = {"args": example_skeleton(list(args)), "kwargs": example_skeleton(dict(kwargs))}
+    return TracedBatch(traced, example)
 
 
 @dataclass
@@ -47,6 +89,11 @@ class SplitPlan:
         plan: the planner's result (``None`` for a user cut).
         baselines: predicted step time of the baselines on the same profile.
         pins: extra pins added to keep tied tensors on one side.
+        example: the batch's shapes (see :class:`TracedBatch`).
+        method: the planner method (``"blockwise"`` or ``"full"``).
+        pin_device, pin_server: the user's pins (kept so that a re-plan honours them).
+        notes: how the costs and the link were obtained (for the log), e.g.
+            ``{"costs": "measured", "profile_s": 1.2, "cache": "hit", "link": "measured"}``.
     """
 
     traced: TracedModel
@@ -57,10 +104,40 @@ class SplitPlan:
     baselines: dict[str, float] = field(default_factory=dict)
     pins: dict[str, str] = field(default_factory=dict)
     example: dict[str, Any] = field(default_factory=dict)
+    method: str = "blockwise"
+    pin_device: tuple[str, ...] = ()
+    pin_server: tuple[str, ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def graph_module(self) -> fx.GraphModule:
         return self.traced.graph_module
+
+    @property
+    def link(self) -> Link | None:
+        """The link the plan was made for (``None`` for a user cut)."""
+        return self.profile.link if self.profile is not None else None
+
+    def replanned(self, link: Link) -> SplitPlan:
+        """The optimal plan for ``link`` with the same trace, node costs and pins.
+
+        Raises:
+            SplitError: the plan is a user cut (it has no costs to plan with).
+        """
+        if self.profile is None:
+            raise SplitError(f"a plan from {self.source} has no cost profile and cannot be re-planned; use cut='auto'")
+        profile = self.profile.with_link(link)
+        best, pins = _plan_keeping_tied_tensors(
+            self.graph_module, profile, self.method, set(self.pin_device), set(self.pin_server)
+        )
+        return dataclasses.replace(
+            self,
+            spec=make_spec(self.graph_module, best.server),
+            profile=profile,
+            plan=best,
+            baselines=planner.baselines(profile),
+            pins=pins,
+        )
 
     def cut_rows(self) -> list[tuple[str, str, int]]:
         """(node, shape, bytes) of each tensor that crosses to the server."""
@@ -87,6 +164,8 @@ class SplitPlan:
             lines.append(f"  cut tensor {name:<28} {shape:<22} {_bytes(size):>10}")
         predicted = self.predicted_step_s()
         if predicted is not None and self.profile is not None:
+            how = self.notes.get("link", "given")
+            lines.append(f"  link ({how}): {link_text(self.profile.link)}")
             lines.append(f"  predicted step: {predicted * 1e3:.2f} ms ({_profile_kind(self.profile)})")
             for name, value in self.baselines.items():
                 lines.append(f"    vs {name:<15} {value * 1e3:10.2f} ms")
@@ -96,6 +175,9 @@ class SplitPlan:
             )
         if self.traced.auto_leaves:
             lines.append("  untraceable submodules run whole: " + ", ".join(self.traced.auto_leaves))
+        notes = {k: v for k, v in self.notes.items() if k != "link"}
+        if notes:
+            lines.append("  costs: " + ", ".join(f"{k}={_note(v)}" for k, v in notes.items()))
         return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
@@ -111,16 +193,19 @@ class SplitPlan:
             data["split/predicted_step_s"] = predicted
         for name, value in self.baselines.items():
             data[f"split/baseline_{name}_s"] = value
+        if self.profile is not None:
+            link = self.profile.link
+            data["split/link_up_mbit_s"] = link.uplink_bytes_per_s * 8 / 1e6
+            data["split/link_down_mbit_s"] = link.downlink_bytes_per_s * 8 / 1e6
+            data["split/link_rtt_ms"] = link.rtt_s * 1e3
+        for key, value in self.notes.items():
+            if isinstance(value, str | int | float | bool):
+                data[f"split/{key}"] = value
         return data
 
     def hello_fields(self) -> dict[str, Any]:
         """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
-        return {
-            "fingerprint": self.traced.fingerprint(),
-            "graph": graph_summary(self.graph_module),
-            "leaf_modules": list(self.traced.leaf_modules),
-            "example": self.example,
-        }
+        return TracedBatch(self.traced, self.example).hello_fields()
 
 
 def make_plan(
@@ -131,9 +216,11 @@ def make_plan(
     leaf_modules: Sequence[str | type] = (),
     pin_device: Sequence[str] = (),
     pin_server: Sequence[str] = (),
-    link: Link | str | None = None,
+    link: Link | str | LinkSource | None = None,
     profile_builder: ProfileBuilder | None = None,
     method: str = "blockwise",
+    traced: TracedBatch | None = None,
+    notes: Mapping[str, Any] | None = None,
 ) -> SplitPlan:
     """Trace ``module`` on a batch and choose where each node runs.
 
@@ -144,15 +231,17 @@ def make_plan(
             run on the device.
         leaf_modules: module paths or classes to trace as single nodes.
         pin_device, pin_server: nodes the planner must keep on one side.
-        link: the link to plan for (``Link``, text like ``"10mbit,20ms"``, or ``None`` for
-            :data:`DEFAULT_LINK`).
-        profile_builder: makes the cost profile from the trace and the link (default: the
-            FLOP estimate of :func:`lightning_split.estimate.estimate_profile`).
+        link: the link to plan for: a ``Link``, text like ``"10mbit,20ms"``, a function of
+            the trace that returns one (e.g. a measurement sized by the cut tensors), or
+            ``None`` for :data:`DEFAULT_LINK`.
+        profile_builder: makes the cost profile from the trace and the link (default:
+            :class:`EstimatedCosts`); its ``notes`` attribute, if it has one, joins the plan's.
         method: planner method.
+        traced: a trace of this call made earlier (it is not traced again).
+        notes: how costs and link were obtained, for the log (see :attr:`SplitPlan.notes`).
     """
-    traced = trace_module(module, tuple(args), dict(kwargs), leaf_modules)
-    gm = traced.graph_module
-    example = {"args": example_skeleton(list(args)), "kwargs": example_skeleton(dict(kwargs))}
+    batch = traced if traced is not None else trace_batch(module, args, kwargs, leaf_modules)
+    gm = batch.traced.graph_module
     if cut != "auto":
         names = [cut] if isinstance(cut, str) else list(cut)
         spec = device_spec_from_cut(gm, names)
@@ -164,20 +253,129 @@ def make_plan(
                 f"{server_users} both use it. Cut after its last use, or use cut='auto' "
                 "(it keeps tied tensors on one side)"
             )
-        return SplitPlan(traced, spec, f"cut={','.join(names)}", example=example)
+        return SplitPlan(batch.traced, spec, f"cut={','.join(names)}", example=batch.example)
 
     if isinstance(link, str):
         link = Link.parse(link)
+    elif callable(link):
+        link = link(batch.traced)
     link = link or DEFAULT_LINK
-    if profile_builder is None:
+    builder = profile_builder or EstimatedCosts()
+    profile = builder(batch.traced, link)
+    notes = {**getattr(builder, "notes", {}), **dict(notes or {})}
+    best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server))
+    return SplitPlan(
+        batch.traced,
+        make_spec(gm, best.server),
+        "auto",
+        profile,
+        best,
+        planner.baselines(profile),
+        pins,
+        batch.example,
+        method,
+        tuple(pin_device),
+        tuple(pin_server),
+        notes,
+    )
+
+
+class EstimatedCosts:
+    """Node costs estimated from FLOPs (:func:`lightning_split.estimate.estimate_profile`).
+
+    Args:
+        device_gflops, server_gflops: effective throughputs of both sides (default: the
+            estimate module's Jetson-class device and GPU-class server).
+        options: further keyword arguments of ``estimate_profile`` (``backward_factor``,
+            ``min_node_s``).
+    """
+
+    def __init__(self, device_gflops: float | None = None, server_gflops: float | None = None, **options: Any) -> None:
+        from lightning_split import estimate
+
+        self.device_gflops = estimate.DEFAULT_DEVICE_GFLOPS if device_gflops is None else float(device_gflops)
+        self.server_gflops = estimate.DEFAULT_SERVER_GFLOPS if server_gflops is None else float(server_gflops)
+        self.options = options
+
+    def __call__(self, traced: TracedModel, link: Link) -> Profile:
         from lightning_split.estimate import estimate_profile
 
-        profile = estimate_profile(traced, link)
-    else:
-        profile = profile_builder(traced, link)
-    best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server))
-    spec = make_spec(gm, best.server)
-    return SplitPlan(traced, spec, "auto", profile, best, planner.baselines(profile), pins, example)
+        return estimate_profile(traced, link, self.device_gflops, self.server_gflops, **self.options)
+
+
+class GivenCosts:
+    """Node costs from a profile made earlier (e.g. by ``lightning-split profile``), matched by node name.
+
+    The graph (inputs, output bytes) is the trace's own; only ``device_s`` and ``server_s``
+    come from the profile. A profile of another model, input shape or set of leaf modules
+    names other nodes, which is refused rather than guessed at.
+
+    Args:
+        source: a :class:`Profile` or the path of a profile file.
+    """
+
+    def __init__(self, source: Profile | str | Path) -> None:
+        self.origin = "the given profile" if isinstance(source, Profile) else str(source)
+        self.profile = source if isinstance(source, Profile) else Profile.load(source)
+
+    def __call__(self, traced: TracedModel, link: Link) -> Profile:
+        given = {node.name: node for node in self.profile.nodes}
+        names = [info.name for info in traced.nodes]
+        missing = [name for name in names if name not in given]
+        unknown = [name for name in given if name not in set(names)]
+        if missing or unknown:
+            raise ProfileError(
+                f"{self.origin} does not match the model's graph: the profile lacks nodes {missing[:8]} and has "
+                f"nodes the graph lacks {unknown[:8]}. Was it made for this model, input shape and leaf_modules?"
+            )
+        nodes = []
+        for info in traced.nodes:
+            cost = given[info.name]
+            kind = "input" if info.op == "placeholder" else "op"
+            nodes.append(
+                NodeCost(info.name, kind, info.inputs, info.out_bytes, cost.device_s, cost.server_s, cost.extra)
+            )
+        extra = {**self.profile.extra, "costs_from": self.origin, "fingerprint": traced.fingerprint()}
+        return Profile(nodes, list(traced.outputs), link, extra)
+
+
+class MeasuredCosts:
+    """Node costs timed on both sides (:mod:`lightning_split.measure`), from its disk cache when it has them.
+
+    The device's costs are timed in this process on the real batch; the server's by the
+    server on its own copy of the model (the protocol's ``profile`` op). After a call,
+    :attr:`notes` says how long it took and whether each side came from the cache.
+
+    Args:
+        remote: the connection to the server.
+        fields: the model as a ``hello`` describes it (``model``, ``init_args`` and the
+            trace's :meth:`TracedBatch.hello_fields`).
+        args, kwargs: the batch to time the device on.
+        profiler: a ``measure.Profiler`` (cache, warm-up and repeats).
+    """
+
+    def __init__(
+        self, remote: Any, fields: Mapping[str, Any], args: Sequence[Any], kwargs: Mapping[str, Any], profiler: Any
+    ) -> None:
+        self.remote = remote
+        self.fields = dict(fields)
+        self.args, self.kwargs = tuple(args), dict(kwargs)
+        self.profiler = profiler
+        self.notes: dict[str, Any] = {}
+
+    def __call__(self, traced: TracedModel, link: Link) -> Profile:
+        from lightning_split.measure import measured_profile
+
+        device = self.profiler.device_costs(traced, self.args, self.kwargs)
+        server = self.profiler.server_costs(self.remote, traced, self.fields)
+        self.notes = {
+            "costs": "measured",
+            "profile_s": device.wall_s + server.wall_s,
+            "device_costs": "cache hit" if device.cached else f"measured in {device.wall_s:.2f} s",
+            "server_costs": "cache hit" if server.cached else f"measured in {server.wall_s:.2f} s",
+        }
+        extra = {"device_hardware": device.hardware, "server_hardware": server.hardware}
+        return measured_profile(traced, device.node_s, server.node_s, link, extra)
 
 
 def _plan_keeping_tied_tensors(
@@ -228,4 +426,19 @@ def _bytes(size: float) -> str:
 
 
 def _profile_kind(profile: Profile) -> str:
+    if "costs_from" in profile.extra:
+        return f"costs from {profile.extra['costs_from']}"
     return "estimated from FLOPs" if profile.extra.get("estimated") else "measured"
+
+
+def link_text(link: Link) -> str:
+    """``"up 10.0 Mbit/s, down 50.0 Mbit/s, rtt 5.00 ms"``."""
+
+    def rate(value: float) -> str:
+        return "unlimited" if math.isinf(value) else f"{value * 8 / 1e6:.1f} Mbit/s"
+
+    return f"up {rate(link.uplink_bytes_per_s)}, down {rate(link.downlink_bytes_per_s)}, rtt {link.rtt_s * 1e3:.2f} ms"
+
+
+def _note(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -5,7 +5,8 @@ the cut values to the server through one ``autograd.Function`` (forward uploads 
 backward uploads the output gradients and returns the cut's gradients) and rebuilds the
 model's return value. It mirrors the module's optimizers on the server (step, zero_grad,
 clipping by the global norm over both sides) and moves the suffix's state back and forth
-for checkpoints. :class:`lightning_split.strategy.SplitStrategy` is a thin layer over it.
+for checkpoints. :meth:`SplitRuntime.moved_to` moves the boundary between two optimizer
+steps (live re-planning). :class:`lightning_split.strategy.SplitStrategy` is a thin layer over it.
 """
 
 from __future__ import annotations
@@ -150,19 +151,52 @@ class SplitRuntime:
         if self.release_server_state:
             self.release()
 
-    def close(self) -> None:
-        """Bring the suffix's state home and end the session."""
+    def close(self, end_connection: bool = True) -> None:
+        """Bring the suffix's state home and end the session (and the connection, unless told to keep it)."""
         if not self.is_split or self.remote is None:
             return
         if not self.opened:
-            self.remote.close()
+            if end_connection:
+                self.remote.close()
             return
         try:
             self.pull_state()
             self.pull_optimizer_state()
             self.remote.call([{"op": "close"}])
+            self.opened = False
         finally:
-            self.remote.close()
+            if end_connection:
+                self.remote.close()
+
+    def moved_to(self, spec: SplitSpec) -> SplitRuntime:
+        """Move the boundary to ``spec``: a new runtime and server session, on the same connection.
+
+        The suffix's parameters, buffers and per-parameter optimizer state come home (as at
+        :meth:`close`); the new runtime's :meth:`open` sends the new suffix's state and the
+        optimizer state of its parameters. Call it between optimizer steps, when the
+        gradients are spent (the next thing done with them is ``zero_grad``): the gradients
+        of parameters that move to the server are dropped, not sent.
+        """
+        self.close(end_connection=False)
+        successor = SplitRuntime(
+            self.module,
+            self.graph_module,
+            spec,
+            self.remote,
+            self.hello,
+            self.release_server_state,
+            graph_args=self.graph_args,
+        )
+        successor.drop_server_grads()
+        successor.open(self.optimizers)
+        return successor
+
+    def drop_server_grads(self) -> None:
+        """Forget the device's gradients of the server's parameters (the server keeps its own)."""
+        for key in self.server_state_keys:
+            tensor = self.tensors_by_key[key]
+            if isinstance(tensor, nn.Parameter):
+                tensor.grad = None
 
     def release(self) -> None:
         """Free the device's copies of the server's tensors (shapes are kept to check what comes back)."""
