@@ -184,7 +184,7 @@ HARDWARE = {
 }
 PAIRS = (("nano", "t4"), ("tx2", "t4"), ("xavier_nx", "t4"), ("agx_orin", "t4"), ("agx_orin", "rtx3090"))
 QUICK_PAIRS = (("nano", "t4"), ("agx_orin", "rtx3090"))
-CHART_PAIR = ("xavier_nx", "t4")
+CHART_PAIR = ("nano", "t4")
 
 
 def pair_name(pair: tuple[str, str]) -> str:
