@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -108,3 +109,84 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def residual_stack(nodes: int, seed: int = 0, link: Any = None, side_nodes: bool = False) -> Any:
+    """A ResNet-like :class:`~lightning_split.profile.Profile` of exactly ``nodes`` nodes, built without torch.
+
+    Stem (input, conv, bn, relu, maxpool), bottleneck blocks of 10 nodes (three conv/bn pairs,
+    two relus, the residual add joining the block input, a relu), head (avgpool, flatten, a few
+    linear layers to reach the exact count, fc). The whole model costs about 1.3 s on the
+    device, the server is 10-50x faster per node, the input is a 224x224 RGB image and
+    activations shrink from 3 MB to a few KB with depth, so the best cut moves with the link.
+
+    ``side_nodes`` adds, per block, what ViT and Swin graphs hold besides the main path: a
+    constant computed without inputs and fed to the second conv (Swin's relative position
+    bias), a shape check ``dim -> eq -> _assert`` on the block input and an unused tensor
+    (ViT's attention weights). Blocks then have 15 nodes. Used by the planner benchmark and
+    the planner tests (default link: 100 Mbit/s up and down, 2 ms rtt).
+    """
+    from lightning_split.profile import Link, NodeCost, Profile
+
+    stem_and_head = 8
+    block_size = 15 if side_nodes else 10
+    if nodes < stem_and_head + block_size:
+        raise ValueError(f"a residual stack needs at least {stem_and_head + block_size} nodes, got {nodes}")
+    rng = random.Random(seed)
+    blocks, padding = divmod(nodes - stem_and_head, block_size)
+    profile_nodes = [NodeCost("x", "input", (), 3 * 224 * 224 * 4, 0.0, 0.0)]
+
+    def add(name: str, inputs: Sequence[str], depth: float, scale: float = 1.0) -> str:
+        device_s = rng.uniform(1e-4, 5e-3) * 50 / blocks * scale
+        out_bytes = int(3_000_000 * 0.5 ** (6 * depth) * rng.uniform(0.5, 2.0) * scale) + 1000
+        profile_nodes.append(NodeCost(name, "op", tuple(inputs), out_bytes, device_s, device_s / rng.uniform(10, 50)))
+        return name
+
+    h = add("maxpool", [add("relu", [add("bn1", [add("conv1", ["x"], 0.0)], 0.0)], 0.0)], 0.0)
+    for b in range(blocks):
+        depth = (b + 1) / blocks
+        if side_nodes:
+            add(f"b{b}_assert", [add(f"b{b}_eq", [add(f"b{b}_dim", [h], depth, 0.01)], depth, 0.01)], depth, 0.01)
+            bias = add(f"b{b}_bias", [], depth, 0.1)
+        t = h
+        for i in (1, 2, 3):
+            conv_inputs = [t, bias] if side_nodes and i == 2 else [t]
+            t = add(f"b{b}_bn{i}", [add(f"b{b}_conv{i}", conv_inputs, depth)], depth)
+            if i < 3:
+                t = add(f"b{b}_relu{i}", [t], depth)
+            if side_nodes and i == 2:
+                add(f"b{b}_unused", [f"b{b}_conv2"], depth, 0.1)
+        h = add(f"b{b}_relu", [add(f"b{b}_add", [t, h], depth)], depth)
+    h = add("flatten", [add("avgpool", [h], 1.0)], 1.0)
+    for i in range(padding):
+        h = add(f"linear{i}", [h], 1.0)
+    add("fc", [h], 1.0)
+    link = link or Link.from_mbps(100.0, rtt_ms=2.0)
+    kind = "residual_stack_side" if side_nodes else "residual_stack"
+    return Profile(profile_nodes, ["fc"], link, {"model": f"{kind}({nodes})"})
+
+
+def parallel_branches(branches: int, length: int = 2, seed: int = 0, link: Any = None) -> Any:
+    """A wide profile: the input feeds ``branches`` parallel chains of ``length`` nodes joined by one node.
+
+    It has ``2 + branches * length`` nodes and ``(length + 1) ** branches`` feasible placements of
+    the branches, so brute force grows exponentially with its size while a min cut does not;
+    its only boundaries are the input, the join and the head, so blockwise cannot split it.
+    """
+    from lightning_split.profile import Link, NodeCost, Profile
+
+    rng = random.Random(seed)
+    nodes = [NodeCost("x", "input", (), 602_112, 0.0, 0.0)]
+    ends = []
+    for b in range(branches):
+        previous = "x"
+        for i in range(length):
+            device_s = rng.uniform(1e-3, 2e-2)
+            name = f"br{b}_{i}"
+            out_bytes = int(rng.uniform(0.2, 2.0) * 1_000_000 * 0.3**i)
+            nodes.append(NodeCost(name, "op", (previous,), out_bytes, device_s, device_s / rng.uniform(10, 50)))
+            previous = name
+        ends.append(previous)
+    nodes.append(NodeCost("join", "op", tuple(ends), 40_000, 1e-3, 1e-4))
+    link = link or Link.from_mbps(100.0, rtt_ms=2.0)
+    return Profile(nodes, ["join"], link, {"model": f"parallel_branches({branches}x{length})"})

@@ -70,6 +70,51 @@ pins respected. Two exact methods solve it, and a few baselines give something t
     has boundaries only after its last node without inputs and before its first node without
     consumers; a graph with none is solved by one min cut of the whole graph, as ``"full"``.
 
+    Side nodes. Traced graphs hold nodes off the main path: dead ends that reach no model output
+    (ViT's ``_assert`` chains, unused ``getattr`` of shapes and attention weights) and constants
+    that no model input reaches (Swin's relative position biases, computed from parameters).
+    A single one makes most boundaries disappear, since a boundary must be comparable with
+    every node. So blockwise decomposes the *core* instead: the nodes reachable from an input
+    that reach an output. Its ancestors and descendants within the core are those in the whole
+    graph (a path between core nodes has only core nodes on it), so the boundaries above, taken
+    on the core subgraph, still split every feasible placement into cases ``i``. The other nodes
+    form *clusters*: connected by an edge, or consumers of the same core tensor (they share its
+    transfer). A cluster touches the core only through the core nodes it consumes (``F``; only
+    dead ends consume core nodes) and those it feeds (``G``; only constants feed them).
+
+    A cluster is attached to the gap between consecutive usable boundaries ``bj < b(j+1)`` when
+    ``F`` lies in ``[bj, b(j+1))`` and ``G`` in ``(bj, b(j+1)]``; :func:`_usable_boundaries` keeps
+    exactly the core boundaries for which every cluster has such a gap (a cluster touching core
+    nodes ``lo..hi`` blocks those strictly between, ``hi`` if in ``F``, ``lo`` if in ``G``, and a
+    node in both). A cluster touching no core node is *floating*, attached to the last gap. Then
+    in case ``i`` a cluster of gap ``j``:
+
+    - ``j < i``: every core node it touches is on the device, and so are the core consumers of
+      its ``F`` (no core edge skips ``b(j+1)``), so a tensor of ``F`` crosses only for the
+      cluster. Its best placement given that, its value ``on_device``, is independent of every
+      other choice: clusters share no tensor (they would be one cluster) and no node.
+    - ``j > i``: every core node it touches is at or after ``b(i+1)``, hence a descendant of it,
+      hence on the server. Its best placement given that is ``on_server``, again independent
+      (core nodes on the server pay no transfer). A floating cluster's ``on_server`` is its
+      best placement outright.
+    - ``j = i``: each of its nodes has all inputs and consumers in ``{bi} + segment + clusters
+      of gap i + {b(i+1)}``, so the range's min cut includes it exactly.
+
+    Each cluster's two values are found once, by a min cut of the cluster with the core nodes
+    it touches pinned to one side (enumeration for clusters of a few nodes), and summed into the
+    prefix and suffix sums like a node's device and server time. The nodes are renumbered so
+    that every range is contiguous (gap ``j``'s core nodes and clusters in graph order, between
+    ``bj`` and ``b(j+1)``), which keeps the range solvers above unchanged. The rtt term: in every
+    case but the last, ``b(i+1)`` is on the server, so it is paid whatever the clusters do. In
+    the last case it splits in two: every cluster before ``bk`` all on the device (then the
+    range decides the rtt, as before), or the clusters at their ``on_device`` value plus the
+    rtt, which is exact when some cluster node is on the server and otherwise an upper bound on
+    the placement it returns, never below the optimum. Pins on cluster nodes enter their two
+    values (infinite when the pins cannot hold there, which rules the case out) or the range's
+    cut. So the minimum over the cases is again the global optimum, exactly. The random-DAG
+    tests hang dead-end chains, branches spanning several blocks, unused inputs and constants
+    off the middle of the graph and compare both methods with :func:`exhaustive`.
+
 Baselines: ``"device_only"``, ``"server_only"`` and ``"best_layerwise"`` (the best feasible prefix
 of the profile order), as defined in ``SPEC.md`` section 1. ``"exhaustive"`` enumerates every
 feasible placement; it is a test oracle for small graphs.
@@ -77,6 +122,7 @@ feasible placement; it is a test oracle for small graphs.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import time
@@ -102,6 +148,7 @@ __all__ = [
     "exhaustive",
     "is_feasible",
     "plan",
+    "series_boundaries",
     "server_only",
     "step_time",
 ]
@@ -110,6 +157,7 @@ METHODS = ("blockwise", "full", "exhaustive", "device_only", "server_only", "bes
 _PICOSECONDS = 1e12
 _FLOW_FUNC = preflow_push
 _SMALL_SEGMENT = 64  # ranges of fewer nodes are cut by _augmenting_min_cut instead of networkx
+_TINY_CLUSTER = 8  # clusters of fewer nodes are placed by enumeration instead of a min cut
 
 
 class PlanningError(ValueError):
@@ -320,7 +368,9 @@ class _Costs:
     output tensor, paid when it crosses the cut.
     """
 
-    __slots__ = ("consumers", "dev", "inputs", "is_input", "n", "names", "position", "rtt2", "srv", "xfer")
+    __slots__ = (
+        "consumers", "dev", "inputs", "is_input", "is_output", "n", "names", "position", "rtt2", "srv", "xfer",
+    )  # fmt: skip
 
     def __init__(self, profile: Profile) -> None:
         nodes = profile.nodes
@@ -335,10 +385,31 @@ class _Costs:
         self.xfer = [round(node.out_bytes * scale) for node in nodes]
         self.dev = [round(node.device_s * _PICOSECONDS) for node in nodes]
         self.srv = [round(node.server_s * _PICOSECONDS) for node in nodes]
+        self.is_output = [False] * self.n
         for v in {self.position[name] for name in profile.outputs}:
             self.srv[v] += self.xfer[v]
+            self.is_output[v] = True
         self.is_input = [node.kind == "input" for node in nodes]
         self.rtt2 = round(2.0 * profile.link.rtt_s * _PICOSECONDS)
+
+    def reordered(self, order: list[int]) -> _Costs:
+        """The same costs with the nodes renumbered: new position ``p`` is old position ``order[p]``.
+
+        ``order`` must be a topological order (every node after its inputs).
+        """
+        rank = [0] * self.n
+        for new, old in enumerate(order):
+            rank[old] = new
+        other = object.__new__(_Costs)
+        other.n, other.rtt2 = self.n, self.rtt2
+        other.names = [self.names[v] for v in order]
+        other.position = {name: p for p, name in enumerate(other.names)}
+        other.inputs = [tuple(rank[u] for u in self.inputs[v]) for v in order]
+        other.consumers = [[rank[w] for w in self.consumers[v]] for v in order]
+        for attribute in ("xfer", "dev", "srv", "is_output", "is_input"):
+            values = getattr(self, attribute)
+            setattr(other, attribute, [values[v] for v in order])
+        return other
 
     @property
     def graph(self) -> tuple[dict[str, int], list[tuple[int, ...]]]:
@@ -617,70 +688,374 @@ def boundaries(profile: Profile) -> list[str]:
     return [costs.names[p] for p in _boundary_positions(costs)]
 
 
-def _blockwise(costs: _Costs, on_device: set[int], on_server: set[int]) -> list[int]:
-    """Device positions of an optimal placement by series decomposition at the boundaries."""
+def _core_mask(costs: _Costs) -> list[bool]:
+    """Which nodes are *core*: reachable from a model input and reaching a model output.
+
+    Graph order is topological, so one backward and one forward sweep suffice.
+    """
     n = costs.n
-    must_device = on_device | {v for v in range(n) if costs.is_input[v]}
-    bounds = _boundary_positions(costs)
-    if not bounds:
-        return _solve_range(costs, 0, n - 1, must_device, on_server, False, True)[1]
+    reaches_output = costs.is_output[:]
+    for v in range(n - 1, -1, -1):
+        if not reaches_output[v]:
+            reaches_output[v] = any(reaches_output[w] for w in costs.consumers[v])
+    from_input = costs.is_input[:]
+    for v in range(n):
+        if not from_input[v]:
+            from_input[v] = any(from_input[u] for u in costs.inputs[v])
+    return [a and b for a, b in zip(reaches_output, from_input)]
+
+
+@dataclass
+class _Cluster:
+    """A connected group of non-core nodes and the core nodes it touches (original positions).
+
+    ``feeds_on``: core nodes consumed by the cluster (F). ``feeds``: core nodes it feeds (G).
+    ``gap``: index of the gap between usable boundaries it is attached to (set by the layout).
+    ``on_device`` / ``on_server``: ``(value, device nodes)`` of its best placement with every
+    core node it touches on that side, or ``None`` if the pins make that impossible.
+    """
+
+    nodes: list[int]
+    feeds_on: set[int]
+    feeds: set[int]
+    gap: int = 0
+    on_device: tuple[int, list[int]] | None = None
+    on_server: tuple[int, list[int]] | None = None
+
+    @property
+    def touched(self) -> set[int]:
+        return self.feeds_on | self.feeds
+
+
+def _clusters(costs: _Costs, core: list[bool]) -> list[_Cluster]:
+    """Group the non-core nodes: linked by an edge, or consumers of the same core node (union-find)."""
+    parent = list(range(costs.n))
+
+    def find(v: int) -> int:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for v in range(costs.n):
+        if core[v]:
+            shared = [w for w in costs.consumers[v] if not core[w]]  # a shared tensor couples its dead ends
+            for w in shared[1:]:
+                parent[find(w)] = find(shared[0])
+        else:
+            for u in costs.inputs[v]:
+                if not core[u]:
+                    parent[find(u)] = find(v)
+    groups: dict[int, _Cluster] = {}
+    for v in range(costs.n):
+        if not core[v]:
+            cluster = groups.setdefault(find(v), _Cluster([], set(), set()))
+            cluster.nodes.append(v)
+            cluster.feeds_on.update(u for u in costs.inputs[v] if core[u])
+            cluster.feeds.update(w for w in costs.consumers[v] if core[w])
+    return list(groups.values())
+
+
+def _usable_boundaries(costs: _Costs, core: list[bool], clusters: list[_Cluster]) -> list[int]:
+    """Positions of the boundaries of the core graph that no cluster straddles, in O(nodes + edges).
+
+    The core part is :func:`_boundary_positions` on the core subgraph (reachability among core
+    nodes is the same in the subgraph: a path between core nodes has only core nodes on it).
+    A cluster touching core nodes ``lo..hi`` blocks the boundaries strictly between, ``hi`` if it
+    consumes ``hi`` and ``lo < hi``, ``lo`` if it feeds ``lo`` and ``lo < hi``, and a node it both
+    consumes and feeds; see the module docstring for why.
+    """
+    n = costs.n
+    opened = [0] * (n + 1)
+    last_source, first_sink = -1, n
+    for w in range(n):
+        if not core[w]:
+            continue
+        sources = costs.inputs[w]
+        if not any(core[u] for u in sources):
+            last_source = w
+        for u in sources:
+            if core[u]:
+                opened[u + 1] += 1
+                opened[w] -= 1
+        if first_sink == n and not any(core[v] for v in costs.consumers[w]):
+            first_sink = w
+    for cluster in clusters:
+        touched = cluster.touched
+        if not touched:
+            continue
+        lo, hi = min(touched), max(touched)
+        start = lo if lo in cluster.feeds and lo < hi else lo + 1
+        stop = hi + 1 if hi in cluster.feeds_on and lo < hi else hi
+        if start < stop:
+            opened[start] += 1
+            opened[stop] -= 1
+        for v in cluster.feeds_on & cluster.feeds:
+            opened[v] += 1
+            opened[v + 1] -= 1
+    result = []
+    spanning = 0
+    for p in range(n):
+        spanning += opened[p]
+        if core[p] and spanning == 0 and last_source <= p <= first_sink:
+            result.append(p)
+    return result
+
+
+def series_boundaries(profile: Profile) -> list[str]:
+    """Names of the nodes the ``"blockwise"`` method decomposes the graph at, in graph order.
+
+    These are the boundaries of the *core* graph (nodes reachable from a model input that reach
+    a model output) that no cluster of the other nodes (dead ends such as ``_assert`` calls,
+    constants computed from parameters) straddles; see the module docstring. On a graph whose
+    nodes are all core they are exactly :func:`boundaries`.
+    """
+    costs = _Costs(profile)
+    core = _core_mask(costs)
+    return [costs.names[p] for p in _usable_boundaries(costs, core, _clusters(costs, core))]
+
+
+_INFEASIBLE = 1 << 120  # an integer cost no placement reaches: marks a case that the pins rule out
+
+
+def _cluster_cut(
+    costs: _Costs, cluster: _Cluster, core_on_device: bool, must_device: set[int], on_server: set[int]
+) -> tuple[int, list[int]] | None:
+    """Best placement of a cluster with all the core nodes it touches on one side: (value, device nodes).
+
+    The value counts the cluster's own compute and transfers and, when the core nodes are on
+    the device, the transfers of the core tensors it consumes (none of their core consumers is
+    on the server in the cases that use this value). ``None`` if the pins make it infeasible.
+    Clusters of fewer than ``_TINY_CLUSTER`` nodes are enumerated, larger ones cut.
+    """
+    if len(cluster.nodes) < _TINY_CLUSTER:
+        return _enumerate_cluster(costs, cluster, core_on_device, must_device, on_server)
+    n, source, sink = costs.n, -1, -2
+    members = set(cluster.nodes)
+    edges: list[_Edge] = []
+    add = edges.append
+    for v in cluster.nodes:
+        if v in must_device:
+            add((source, v, None))
+        elif costs.srv[v]:
+            add((source, v, costs.srv[v]))
+        if v in on_server:
+            add((v, sink, None))
+        elif costs.dev[v]:
+            add((v, sink, costs.dev[v]))
+    for u in cluster.touched:
+        add((source, u, None) if core_on_device else (u, sink, None))
+    for v in itertools.chain(cluster.nodes, cluster.feeds_on):
+        consumers = costs.consumers[v] if v in members else [w for w in costs.consumers[v] if w in members]
+        for w in consumers:
+            add((w, v, None))
+        trip = costs.xfer[v]
+        if trip and consumers and (v in members or core_on_device):
+            add((v, n + v, trip))
+            for w in consumers:
+                add((n + v, w, None))
+    solve = _augmenting_min_cut if len(cluster.nodes) < _SMALL_SEGMENT else _networkx_min_cut
+    try:
+        value, source_side = solve(edges)
+    except PlanningError:
+        return None
+    return value, [v for v in cluster.nodes if v in source_side]
+
+
+def _enumerate_cluster(
+    costs: _Costs, cluster: _Cluster, core_on_device: bool, must_device: set[int], on_server: set[int]
+) -> tuple[int, list[int]] | None:
+    """:func:`_cluster_cut` by trying every feasible placement; for clusters of a few nodes.
+
+    Nodes are decided in reverse graph order, as in :func:`exhaustive`: a node may go to the
+    server only if its consumers are all there, and to the device only if no input of it is
+    on the server (core inputs are on the server iff ``core_on_device`` is false).
+    """
+    nodes = cluster.nodes
+    members = set(nodes)
+    dev, srv, xfer = costs.dev, costs.srv, costs.xfer
+    member_consumers = [[w for w in costs.consumers[v] if w in members] for v in nodes]
+    feeds_core = [any(w not in members for w in costs.consumers[v]) for v in nodes]
+    eats_core = [any(u not in members for u in costs.inputs[v]) for v in nodes]
+    shared = [(xfer[u], [w for w in costs.consumers[u] if w in members]) for u in cluster.feeds_on if core_on_device]
+    in_server: dict[int, bool] = {}
+    best: list[Any] = [_INFEASIBLE, None]
+
+    def visit(i: int, cost: float) -> None:
+        if cost >= best[0]:
+            return
+        if i < 0:
+            cost += sum(trip for trip, consumers in shared if any(in_server[w] for w in consumers))
+            if cost < best[0]:
+                best[0], best[1] = cost, [v for v in nodes if not in_server[v]]
+            return
+        v, consumers = nodes[i], member_consumers[i]
+        if v not in on_server and (core_on_device or not eats_core[i]):
+            crossing = any(in_server[w] for w in consumers) or (feeds_core[i] and not core_on_device)
+            in_server[v] = False
+            visit(i - 1, cost + dev[v] + (xfer[v] if crossing else 0))
+        if v not in must_device and all(in_server[w] for w in consumers) and not (feeds_core[i] and core_on_device):
+            in_server[v] = True
+            visit(i - 1, cost + srv[v])
+
+    visit(len(nodes) - 1, 0)
+    return None if best[1] is None else (best[0], best[1])
+
+
+class _Layout:
+    """The series decomposition of a cost graph with its non-core clusters (see the module docstring).
+
+    ``costs`` is the graph renumbered so that each range between consecutive usable boundaries
+    is contiguous: gap ``g`` (0 before the first boundary, ``g`` after boundary ``g``) holds the
+    core nodes strictly between its boundaries and the clusters attached to it, in graph order;
+    floating clusters (touching no core node) join the last gap. ``order[p]`` is the original
+    position of new position ``p``; ``bounds`` are new positions.
+    """
+
+    def __init__(self, costs: _Costs, must_device: set[int], on_server: set[int]) -> None:
+        core = _core_mask(costs)
+        clusters = _clusters(costs, core)
+        bounds = _usable_boundaries(costs, core, clusters)
+        self.clusters = clusters
+        if not bounds:
+            self.costs, self.order, self.bounds, self.core = costs, list(range(costs.n)), [], core
+            return
+        is_bound = set(bounds)
+        gaps: list[list[int]] = [[] for _ in range(len(bounds) + 1)]
+        for v in range(costs.n):
+            if core[v] and v not in is_bound:
+                gaps[bisect.bisect_right(bounds, v)].append(v)
+        for cluster in clusters:
+            touched = cluster.touched
+            if touched:
+                lo = min(touched)
+                cluster.gap = bisect.bisect_right(bounds, lo) - (lo in is_bound and lo in cluster.feeds)
+            else:
+                cluster.gap = len(bounds)
+            gaps[cluster.gap].extend(cluster.nodes)
+            cluster.on_device = _cluster_cut(costs, cluster, True, must_device, on_server)
+            cluster.on_server = _cluster_cut(costs, cluster, False, must_device, on_server)
+        order = sorted(gaps[0])
+        for b, gap in zip(bounds, gaps[1:]):
+            order.append(b)
+            order.extend(sorted(gap))
+        self.order = order
+        self.costs = costs if not clusters else costs.reordered(order)
+        rank = {old: new for new, old in enumerate(order)}
+        self.bounds = [rank[b] for b in bounds]
+        self.core = [core[v] for v in order]
+
+
+def _blockwise(costs: _Costs, on_device: set[int], on_server: set[int]) -> list[int]:
+    """Device positions of an optimal placement by series decomposition at the usable boundaries."""
+    must_device = on_device | {v for v in range(costs.n) if costs.is_input[v]}
+    layout = _Layout(costs, must_device, on_server)
+    if not layout.bounds:
+        return _solve_range(costs, 0, costs.n - 1, must_device, on_server, False, True)[1]
+    order, bounds, core, clusters = layout.order, layout.bounds, layout.core, layout.clusters
+    rank = {old: new for new, old in enumerate(order)}
+    must_device = {rank[v] for v in must_device}
+    on_server = {rank[v] for v in on_server}
+    costs = layout.costs
+    n, k = costs.n, len(bounds)
     dev, srv, xfer, rtt2 = costs.dev, costs.srv, costs.xfer, costs.rtt2
+
+    # plain_device: every node on the device. prefix_device / suffix_server: core nodes on one
+    # side, each cluster at its best value for that side, counted at its last node.
+    last_of = {rank[cluster.nodes[-1]]: cluster for cluster in clusters}
+    plain_device = [0] * (n + 1)
     prefix_device = [0] * (n + 1)
     prefix_cheapest = [0] * (n + 1)
     for v in range(n):
-        prefix_device[v + 1] = prefix_device[v] + dev[v]
+        plain_device[v + 1] = plain_device[v] + dev[v]
         prefix_cheapest[v + 1] = prefix_cheapest[v] + min(dev[v], srv[v])
+        lump = dev[v] if core[v] else 0
+        if v in last_of:
+            lump = _INFEASIBLE if last_of[v].on_device is None else last_of[v].on_device[0]
+        prefix_device[v + 1] = prefix_device[v] + lump
     suffix_server = [0] * (n + 1)
     for v in range(n - 1, -1, -1):
-        suffix_server[v] = suffix_server[v + 1] + srv[v]
-    last_device = max(must_device, default=-1)
+        lump = srv[v] if core[v] else 0
+        if v in last_of:
+            lump = _INFEASIBLE if last_of[v].on_server is None else last_of[v].on_server[0]
+        suffix_server[v] = suffix_server[v + 1] + lump
+    last_core_device = max((v for v in must_device if core[v]), default=-1)
+    first_core_server = min((v for v in on_server if core[v]), default=n)
     first_server = min(on_server, default=n)
+    has_cluster = [False] * (k + 1)
+    for cluster in clusters:
+        has_cluster[cluster.gap] = True
 
-    # (lower bound, constant outside the range, lo, hi, pinned device, pinned server, server elsewhere)
-    candidates: list[tuple[int, int, int, int, set[int], set[int], bool]] = []
+    # (lower bound, constant outside the range, case, lo, hi, pinned device, pinned server,
+    #  server elsewhere, prefix clusters all on the device)
+    candidates: list[tuple[int, int, int, int, int, set[int], set[int], bool, bool]] = []
 
-    def add(lo: int, hi: int, constant: int, left: int | None, right: int | None) -> None:
-        # Every free node costs at least min(device, server). A range with a node on each side
-        # also pays one transfer: each of its nodes is an ancestor of `right` or a descendant of
-        # `left`, so a path from a device node to a server node crosses the cut somewhere.
-        lower = constant + prefix_cheapest[hi + 1] - prefix_cheapest[lo]
+    def add(case: int, constant: int, server_elsewhere: bool, all_device_before: bool) -> None:
+        lo = bounds[case - 1] if case > 0 else 0
+        hi = bounds[case] if case < k else n - 1
+        left = lo if case > 0 else None
+        right = hi if case < k else None
         pinned_device = {v for v in must_device if lo <= v <= hi}
         pinned_server = {v for v in on_server if lo <= v <= hi}
+        lower = constant + prefix_cheapest[hi + 1] - prefix_cheapest[lo] + rtt2
         if left is not None:
             lower += dev[left] - min(dev[left], srv[left])
             pinned_device.add(left)
         if right is not None:
             lower += srv[right] - min(dev[right], srv[right])
             pinned_server.add(right)
-        all_device = None
-        if right is None and not pinned_server:
-            all_device = constant + prefix_device[hi + 1] - prefix_device[lo]
-        if pinned_device and lo < hi:
+        # Some tensor of the range crosses when a device node has a path to a server node: from
+        # `left` to `right`; from a core device node (an ancestor of `right`) in the first range;
+        # from `left` to any server node in a last range of core nodes only.
+        if left is not None and right is not None:
+            crossing = True
+        elif right is not None:
+            crossing = any(core[v] for v in pinned_device)
+        else:
+            crossing = not has_cluster[k] and (bool(pinned_server) or not server_elsewhere)
+        if crossing and lo < hi:
             lower += min(xfer[lo:hi])
-        lower += rtt2
-        if all_device is not None:
+        if right is None and not pinned_server:
+            all_device = constant + plain_device[hi + 1] - plain_device[lo] + (rtt2 if server_elsewhere else 0)
             lower = min(lower, all_device)
-        candidates.append((lower, constant, lo, hi, pinned_device, pinned_server, right is not None))
+        candidates.append(
+            (lower, constant, case, lo, hi, pinned_device, pinned_server, server_elsewhere, all_device_before)
+        )
 
-    first = bounds[0]
-    if last_device < first:
-        add(0, first, suffix_server[first + 1], None, first)
-    for left, right in itertools.pairwise(bounds):
-        if first_server > left and last_device < right:
-            add(left, right, prefix_device[left] + suffix_server[right + 1], left, right)
+    if last_core_device < bounds[0]:
+        add(0, suffix_server[bounds[0] + 1], True, False)
+    for case in range(1, k):
+        left, right = bounds[case - 1], bounds[case]
+        if first_core_server > left and last_core_device < right:
+            add(case, prefix_device[left] + suffix_server[right + 1], True, False)
     last = bounds[-1]
-    if first_server > last:
-        add(last, n - 1, prefix_device[last], last, None)
+    if first_core_server > last:
+        if first_server > last:
+            add(k, plain_device[last], False, True)
+        if prefix_device[last] < plain_device[last] or first_server < last:
+            add(k, prefix_device[last], True, False)  # some cluster before `last` uses the server
 
     candidates.sort(key=lambda candidate: candidate[0])
-    best_value, best_device = -1, []
-    for lower, constant, lo, hi, pinned_device, pinned_server, server_elsewhere in candidates:
+    best_value, best = -1, None
+    for candidate in candidates:
+        lower, constant, case, lo, hi, pinned_device, pinned_server, server_elsewhere, _ = candidate
         if best_value >= 0 and lower >= best_value:
             break
+        if constant >= _INFEASIBLE:
+            continue
         value, device = _solve_range(costs, lo, hi, pinned_device, pinned_server, server_elsewhere, True)
         if best_value < 0 or constant + value < best_value:
-            best_value, best_device = constant + value, list(range(lo)) + device
-    return best_device
+            best_value, best = constant + value, (candidate, device)
+    assert best is not None  # _resolve_pins guarantees a feasible placement, which lies in some case
+    (_, _, case, lo, hi, _, _, _, all_device_before), device = best
+    placed = [order[v] for v in device]
+    placed += [order[v] for v in range(lo) if core[v]]
+    for cluster in clusters:
+        if cluster.gap < case:
+            placed += cluster.nodes if all_device_before else cluster.on_device[1]
+        elif cluster.gap > case:
+            placed += cluster.on_server[1]
+    return sorted(placed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -742,17 +1117,24 @@ def plan(
 
 
 def exhaustive(
-    profile: Profile, pin_device: Iterable[str] = (), pin_server: Iterable[str] = (), max_nodes: int = 20
+    profile: Profile,
+    pin_device: Iterable[str] = (),
+    pin_server: Iterable[str] = (),
+    max_nodes: int = 20,
+    max_placements: int | None = None,
 ) -> Plan:
     """The optimum by brute force over every feasible placement (a test oracle for small graphs).
 
     Feasible device sets are closed under ancestors. They are enumerated deciding nodes in
     reverse graph order: a node may go to the server only if all its consumers are there, and
     a device node pays its transfer iff one of its (already decided) consumers is on the server.
-    Costs are accumulated in float, independently of the integer min-cut machinery.
+    Costs are accumulated in float, independently of the integer min-cut machinery. The work
+    grows with the number of feasible placements: linearly along a chain, exponentially with
+    the number of parallel branches. The recursion is as deep as the graph has nodes.
 
     Raises:
-        PlanningError: the profile has more than ``max_nodes`` nodes, or the pins conflict.
+        PlanningError: the profile has more than ``max_nodes`` nodes, more than ``max_placements``
+            feasible placements (when given), or the pins conflict.
     """
     started = time.perf_counter()
     if len(profile.nodes) > max_nodes:
@@ -767,9 +1149,13 @@ def exhaustive(
     rtt = 2.0 * profile.link.rtt_s
     in_server = [False] * len(nodes)
     best: list[Any] = [math.inf, None]
+    visited = [0]
 
     def visit(v: int, cost: float, servers: int) -> None:
         if v < 0:
+            visited[0] += 1
+            if max_placements is not None and visited[0] > max_placements:
+                raise PlanningError(f"exhaustive planning stopped after {max_placements} placements")
             total = cost + (rtt if servers else 0.0)
             if total < best[0]:
                 best[0], best[1] = total, [i for i in range(len(nodes)) if not in_server[i]]

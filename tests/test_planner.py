@@ -1,11 +1,12 @@
+import itertools
 import math
-import random
 
 import networkx as nx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks._common import residual_stack as shared_residual_stack
 from lightning_split import planner
 from lightning_split.planner import (
     METHODS,
@@ -19,6 +20,7 @@ from lightning_split.planner import (
     exhaustive,
     is_feasible,
     plan,
+    series_boundaries,
     server_only,
     step_time,
 )
@@ -31,34 +33,10 @@ def op(name, inputs, out_bytes, device_s, server_s):
     return NodeCost(name, "op", tuple(inputs), out_bytes, device_s, server_s)
 
 
-def residual_stack(blocks: int, seed: int = 0, link: Link | None = None) -> Profile:
-    """A ResNet-like profile: stem, ``blocks`` bottleneck blocks of 10 nodes with a skip edge, head.
-
-    Activations shrink with depth and the server is 10-50x faster, so the best cut moves with the link.
-    """
-    rng = random.Random(seed)
-    link = link or Link.from_mbps(100.0, 500.0, rtt_ms=4.0)
-    nodes = [NodeCost("x", "input", (), 600_000, 0.0, 0.0)]
-
-    def add(name, inputs, depth):
-        device = rng.uniform(1e-4, 5e-3) * 50 / blocks  # the compute of ~50 blocks, however finely cut
-        size = int(3_000_000 * 0.5 ** (6 * depth) * rng.uniform(0.5, 2.0)) + 1000
-        nodes.append(op(name, inputs, size, device, device / rng.uniform(10, 50)))
-        return name
-
-    h = add("relu", [add("bn1", [add("conv1", ["x"], 0.0)], 0.0)], 0.0)
-    h = add("maxpool", [h], 0.0)
-    for b in range(blocks):
-        depth = (b + 1) / blocks
-        t = h
-        for i in (1, 2, 3):
-            t = add(f"b{b}_bn{i}", [add(f"b{b}_conv{i}", [t], depth)], depth)
-            if i < 3:
-                t = add(f"b{b}_relu{i}", [t], depth)
-        h = add(f"b{b}_out", [add(f"b{b}_add", [t, h], depth)], depth)
-    h = add("flatten", [add("avgpool", [h], 1.0)], 1.0)
-    add("fc", [h], 1.0)
-    return Profile(nodes, ["fc"], link)
+def residual_stack(blocks: int, seed: int = 0, link: Link | None = None, side_nodes: bool = False) -> Profile:
+    """The benchmark's residual stack with ``blocks`` blocks (10 nodes each, 15 with side nodes) and no padding."""
+    size = 15 if side_nodes else 10
+    return shared_residual_stack(8 + size * blocks, seed, link or Link.from_mbps(100.0, 500.0, rtt_ms=4.0), side_nodes)
 
 
 @st.composite
@@ -67,40 +45,67 @@ def dag_profiles(draw):
 
     Half are free-form DAGs (edges to any earlier node); half are series of small blocks with
     skip edges, which have many boundaries and exercise every case of the blockwise method.
+    Both get side nodes in the middle of the graph, as ViT and Swin graphs have: dead ends
+    (nodes, chains and branches that reach no output, hanging off any earlier nodes, some
+    spanning several blocks), unused inputs, and constants (nodes without inputs) feeding
+    later nodes. Live nodes never consume a dead end, and no dead end is an output.
     """
     seconds = st.one_of(st.just(0.0), st.sampled_from([0.25, 1.0, 3.0]), st.floats(0.0, 4.0, allow_nan=False))
     sizes = st.one_of(st.just(0), st.sampled_from([1, 10, 100, 1000]), st.integers(0, 2000))
     nodes = []
+    dead: set[str] = set()
 
-    def add(inputs, kind="op"):
+    def add(inputs, kind="op", dead_end=False):
         name = f"in{len(nodes)}" if kind == "input" else f"op{len(nodes)}"
         nodes.append(NodeCost(name, kind, tuple(inputs), draw(sizes), draw(seconds), draw(seconds)))
+        if dead_end:
+            dead.add(name)
         return name
+
+    def hang_dead_ends():
+        for _ in range(draw(st.integers(0, 2))):
+            if len(nodes) >= 18:
+                return
+            earlier = [node.name for node in nodes]
+            sources = draw(st.lists(st.sampled_from(earlier), min_size=0, max_size=2, unique=True)) if earlier else []
+            if sources and draw(st.booleans()):
+                sources = [earlier[-1], *sources[1:]]  # off the most recent node, often a block's end
+            add(sources, "input" if not sources and draw(st.booleans()) else "op", dead_end=True)
 
     inputs = [add((), "input") for _ in range(draw(st.sampled_from([0, 1, 1, 2, 3])))]
     budget = len(nodes) + draw(st.integers(2, 14))
     if draw(st.booleans()):
         entry = inputs[0] if len(inputs) == 1 and draw(st.booleans()) else add(inputs)
+        constants: list[str] = []  # may feed this block, its end and later blocks
         while len(nodes) < budget:
+            constants += [add(()) for _ in range(draw(st.integers(0, 1)))]
             block: list[str] = []
-            for _ in range(draw(st.integers(0, min(3, budget - len(nodes) - 1)))):
-                block.append(add(draw(st.lists(st.sampled_from([entry, *block]), min_size=1, max_size=2))))
-            consumed = {source for node in nodes[-len(block) :] for source in node.inputs} if block else set()
+            consumed: set[str] = set()
+            for _ in range(draw(st.integers(0, max(0, min(3, budget - len(nodes) - 1))))):
+                sources = draw(st.lists(st.sampled_from([entry, *constants[-2:], *block]), min_size=1, max_size=2))
+                consumed.update(sources)
+                block.append(add(sources))
             ends = [name for name in block if name not in consumed] or [entry]
             if block and draw(st.booleans()):
                 ends.append(entry)
-            entry = add(ends)
+            if constants and draw(st.booleans()):
+                ends.append(draw(st.sampled_from(constants)))
+            entry = add(list(dict.fromkeys(ends)))
+            hang_dead_ends()
     else:
         while len(nodes) < budget:
-            earlier = [node.name for node in nodes]
+            if draw(st.integers(0, 3)) == 3:
+                hang_dead_ends()
+            earlier = [node.name for node in nodes if node.name not in dead]
             sources = draw(st.lists(st.sampled_from(earlier), min_size=0, max_size=3)) if earlier else []
             if earlier and draw(st.booleans()):
                 sources = [earlier[-1], *sources]  # chains and series structure
             add(sources)
     names = [node.name for node in nodes]
-    outputs = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
-    if draw(st.booleans()) and names[-1] not in outputs:
-        outputs.append(names[-1])
+    live = [name for name in names if name not in dead] or names
+    outputs = draw(st.lists(st.sampled_from(live), min_size=1, max_size=3, unique=True))
+    if draw(st.booleans()) and live[-1] not in outputs:
+        outputs.append(live[-1])
     rates = st.sampled_from([1.0, 10.0, 100.0, 1000.0, math.inf])
     link = Link(draw(rates), draw(rates), draw(st.sampled_from([0.0, 0.01, 0.5, 3.0, 20.0])))
     pin_device = draw(st.lists(st.sampled_from(names), max_size=2, unique=True))
@@ -152,6 +157,148 @@ def test_exact_methods_match_exhaustive(case):
         assert result.method == method
         check_plan(profile, result, pin_device, pin_server)
         assert result.predicted_step_s == pytest.approx(oracle.predicted_step_s, abs=TOL)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag_profiles())
+def test_blockwise_with_min_cut_clusters_matches_exhaustive(case):
+    # Clusters of side nodes are small here, so they are enumerated; force their min cut instead.
+    profile, pin_device, pin_server = case
+    if pins_conflict(profile, pin_device, pin_server):
+        return
+    oracle = exhaustive(profile, pin_device, pin_server)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(planner, "_TINY_CLUSTER", 0)
+        result = plan(profile, "blockwise", pin_device, pin_server)
+    check_plan(profile, result, pin_device, pin_server)
+    assert result.predicted_step_s == pytest.approx(oracle.predicted_step_s, abs=TOL)
+
+
+def side_structure(profile):
+    """Core nodes (reachable from an input, reaching an output) and clusters of the others, by networkx."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(profile.names)
+    graph.add_edges_from((source, node.name) for node in profile.nodes for source in node.inputs)
+    from_input = set().union(*(nx.descendants(graph, n.name) | {n.name} for n in profile.nodes if n.kind == "input"))
+    to_output = set().union(*(nx.ancestors(graph, name) | {name} for name in profile.outputs))
+    core = from_input & to_output
+    links = nx.Graph()
+    links.add_nodes_from(name for name in profile.names if name not in core)
+    links.add_edges_from((u, w) for u, w in graph.edges if u not in core and w not in core)
+    for u in core:
+        side = [w for w in graph.successors(u) if w not in core]
+        links.add_edges_from(itertools.pairwise(side))
+    clusters = []
+    for members in nx.connected_components(links):
+        consumed = {u for w in members for u in graph.predecessors(w) if u in core}
+        fed = {w for u in members for w in graph.successors(u) if w in core}
+        clusters.append((consumed, fed))
+    return graph, core, clusters
+
+
+@settings(max_examples=150, deadline=None)
+@given(dag_profiles())
+def test_series_boundaries_match_definition(case):
+    # A boundary of the core graph is usable iff each cluster of side nodes fits between two
+    # usable boundaries: the core nodes it consumes at or after the lower one and before the
+    # upper one, those it feeds after the lower one and at or before the upper one.
+    profile = case[0]
+    graph, core, clusters = side_structure(profile)
+    order = [name for name in profile.names if name in core]
+    index = {name: i for i, name in enumerate(order)}
+    sub = graph.subgraph(core)
+    core_bounds = []
+    for b in order:
+        before, after = nx.ancestors(sub, b), nx.descendants(sub, b)
+        if len(before) + len(after) + 1 == len(order) and not any(u in before and w in after for u, w in sub.edges):
+            core_bounds.append(b)
+
+    def blocked(b, consumed, fed):
+        p = index[b]
+        touched = [index[v] for v in consumed | fed]
+        if not touched:
+            return False
+        lower, upper = min(touched), max(touched)
+        return (
+            lower < p < upper
+            or (b in consumed and lower < p)
+            or (b in fed and p < upper)
+            or (b in consumed and b in fed)
+        )
+
+    expected = [b for b in core_bounds if not any(blocked(b, *cluster) for cluster in clusters)]
+    assert series_boundaries(profile) == expected
+    if core == set(profile.names):
+        assert expected == boundaries(profile)
+
+
+def test_side_nodes_keep_the_blocks_of_a_residual_stack():
+    # Dead ends and constants inside every block (as in ViT and Swin graphs) make almost no node
+    # a boundary of the whole graph, but the core graph still splits at every block.
+    plain, side = residual_stack(30), residual_stack(30, side_nodes=True)
+    assert len(boundaries(side)) < 5
+    assert series_boundaries(side) == boundaries(plain)
+    for uplink_mbps in (5.0, 100.0):
+        profile = side.with_link(Link.from_mbps(uplink_mbps, 5 * uplink_mbps, rtt_ms=4.0))
+        full, blockwise = plan(profile, "full"), plan(profile, "blockwise")
+        check_plan(profile, blockwise)
+        assert blockwise.predicted_step_s == pytest.approx(full.predicted_step_s, abs=TOL)
+        assert {"b3_assert", "b3_eq", "b3_dim", "b3_unused", "b3_bias"} <= set(blockwise.device + blockwise.server)
+
+
+def test_a_heavy_dead_end_goes_to_the_server_and_pays_its_input():
+    # d reaches no output, yet its compute counts: on the server it costs 0.1 s plus a's 100 bytes
+    # up and down (2 s), on the device 10 s. Nothing else wants the server (rtt 0).
+    nodes = [
+        NodeCost("x", "input", (), 1000, 0.0, 0.0),
+        op("a", ["x"], 100, 1.0, 1.0),
+        op("d", ["a"], 1, 10.0, 0.1),
+        op("b", ["a"], 1, 1.0, 1.0),
+        op("c", ["b"], 1, 1.0, 1.0),
+    ]
+    profile = Profile(nodes, ["c"], Link(100.0, 100.0))
+    assert series_boundaries(profile) == ["x", "a", "b", "c"]
+    for method in ("full", "blockwise", "exhaustive"):
+        result = plan(profile, method)
+        assert result.server == ("d",)
+        assert result.cut == ("a",)
+        assert result.predicted_step_s == pytest.approx(3.0 + 0.1 + 2.0)
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_traced_vit_and_swin_graphs_decompose(family):
+    # Small torchvision transformers traced for real: ViT has _assert chains and unused attention
+    # weights, Swin constant relative-position biases; blockwise splits them and stays exact.
+    import torch
+    from torchvision.models.swin_transformer import SwinTransformer
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from lightning_split.estimate import estimate_profile
+    from lightning_split.trace import trace_module
+
+    torch.manual_seed(0)
+    if family == "vit":
+        model = VisionTransformer(32, 8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
+        example = torch.randn(2, 3, 32, 32)
+    else:
+        model = SwinTransformer([4, 4], 8, [2, 2], [1, 2], [2, 2], num_classes=10)
+        example = torch.randn(2, 3, 32, 32)
+    profile = estimate_profile(trace_module(model, (example,)), Link.from_mbps(20.0, rtt_ms=2.0))
+    _, core, _ = side_structure(profile)
+    assert len(core) < len(profile.nodes)
+    assert len(series_boundaries(profile)) > 2 * len(boundaries(profile))
+    for mbps in (1.0, 20.0, 1000.0):
+        linked = profile.with_link(Link.from_mbps(mbps, rtt_ms=2.0))
+        full, blockwise = plan(linked, "full"), plan(linked, "blockwise")
+        check_plan(linked, blockwise)
+        assert blockwise.predicted_step_s == pytest.approx(full.predicted_step_s, abs=TOL)
+
+
+def test_exhaustive_stops_at_its_placement_budget():
+    profile = chain_profile([1.0] * 6, [1.0] * 6, [1] * 6, Link(1.0, 1.0))  # 7 feasible placements
+    assert exhaustive(profile, max_placements=7).predicted_step_s == plan(profile).predicted_step_s
+    with pytest.raises(PlanningError, match="stopped after 6 placements"):
+        exhaustive(profile, max_placements=6)
 
 
 @settings(max_examples=150, deadline=None)
@@ -281,8 +428,9 @@ def test_best_layerwise_is_strictly_worse_when_the_order_interleaves_branches():
 def test_boundaries_of_a_residual_stack():
     profile = residual_stack(3)
     expected = ["x", "conv1", "bn1", "relu", "maxpool"]
-    expected += [name for b in range(3) for name in (f"b{b}_add", f"b{b}_out")] + ["avgpool", "flatten", "fc"]
+    expected += [name for b in range(3) for name in (f"b{b}_add", f"b{b}_relu")] + ["avgpool", "flatten", "fc"]
     assert boundaries(profile) == expected
+    assert series_boundaries(profile) == expected  # every node is core: the same points
     several_inputs = Profile(
         [NodeCost("x", "input", (), 1, 0, 0), NodeCost("y", "input", (), 1, 0, 0), op("f", ["x", "y"], 1, 1, 1)],
         ["f"],
