@@ -1,32 +1,83 @@
 """``SplitStrategy``: split learning as a Lightning strategy.
 
 The strategy is deliberately thin. On the module's first forward it traces the model on
-that batch, plans the cut, connects to the server (or starts an embedded one) and installs
-a :class:`~lightning_split.runtime.SplitRuntime` as the module's ``forward``; from then on
-``training_step`` and everything around it run unchanged. It hooks where Lightning's own
-strategies do: optimizer steps (a post-step hook), ``zero_grad``, gradient clipping (the
-precision plugin's clip methods, so the global norm spans both sides), and the checkpoint
-hooks (``lightning_module_state_dict`` and ``optimizer_state`` fetch the server's half, so
-a checkpoint is exactly that of the unsplit module).
+that batch, connects to the server (or starts an embedded one), plans the cut (for
+``cut="auto"``: node costs measured on both sides or estimated, the link measured over the
+training connection) and starts a :class:`~lightning_split.runtime.SplitRuntime`; the
+module's ``forward`` becomes a trampoline to the current runtime, so ``training_step`` and
+everything around it run unchanged. It hooks where Lightning's own strategies do: optimizer
+steps (a post-step hook), ``zero_grad``, gradient clipping (the precision plugin's clip
+methods, so the global norm spans both sides), the checkpoint hooks
+(``lightning_module_state_dict`` and ``optimizer_state`` fetch the server's half, so a
+checkpoint is exactly that of the unsplit module) and the start of each training batch,
+where a live re-plan (``replan_every``) moves the boundary when the measured link calls for it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from torch import nn
 
-from lightning_split.client import RemoteServer, Traffic
-from lightning_split.plans import SplitPlan, make_plan
+from lightning_split.client import ConnectionFailed, LinkEmulator, RemoteServer, Traffic
+from lightning_split.plans import (
+    EstimatedCosts,
+    GivenCosts,
+    MeasuredCosts,
+    ProfileBuilder,
+    SplitPlan,
+    link_text,
+    make_plan,
+    trace_batch,
+)
+from lightning_split.profile import Link, Profile
+from lightning_split.programs import SplitSpec
+from lightning_split.protocol import RemoteError
 from lightning_split.runtime import SplitRuntime
 from lightning_split.server import EmbeddedServer, ModelHost
+from lightning_split.trace import TracedModel
 
 log = logging.getLogger("lightning_split")
+
+
+@dataclass(frozen=True)
+class Replan:
+    """One live re-plan: what the link measured, and where the boundary was and went.
+
+    Attributes:
+        step: optimizer steps done when it happened.
+        link: the link measured (or given) for it.
+        old_cut, new_cut: the cut tensors before and after (``()``: everything on the device).
+        old_predicted_s: predicted step time of the old placement on the new link.
+        new_predicted_s: predicted step time of the chosen placement on the new link.
+        moved: whether the boundary moved (state and optimizer state migrated).
+        seconds: time the re-plan took (measuring, planning, migrating).
+    """
+
+    step: int
+    link: Link
+    old_cut: tuple[str, ...]
+    new_cut: tuple[str, ...]
+    old_predicted_s: float
+    new_predicted_s: float
+    moved: bool
+    seconds: float
+
+    def describe(self) -> str:
+        what = "moved" if self.moved else "kept"
+        return (
+            f"re-plan at step {self.step} ({link_text(self.link)}): {what} the cut "
+            f"{_cut_text(self.old_cut)} -> {_cut_text(self.new_cut)}, predicted step "
+            f"{self.old_predicted_s * 1e3:.2f} ms -> {self.new_predicted_s * 1e3:.2f} ms, took {self.seconds:.3f} s"
+        )
 
 
 class SplitStrategy(SingleDeviceStrategy):
@@ -48,7 +99,28 @@ class SplitStrategy(SingleDeviceStrategy):
         release_server_state: free this process's copies of the server's parameters and
             buffers during training (they come back for checkpoints and at the end).
         timeout: seconds to wait for any reply from the server.
-        link: planning link as ``"10mbit,20ms"``-style text (default: measured).
+        link: an emulated link limit on the connection, ``"10mbit,20ms"``-style text (rate
+            up[/down], round trip) or a ``Link``: every request and reply is delayed as such
+            a link would delay it, so bandwidth-dependent behaviour shows on one machine.
+            ``None``: the real link as it is. :meth:`set_link_limit` changes it while training.
+        costs: where the node costs of ``cut="auto"`` come from: ``"measure"`` (timed on
+            this device and by the server, cached on disk), ``"estimate"`` (FLOPs over
+            assumed throughputs), or a ``Profile`` or profile file (its costs, matched by node
+            name; a profile of another graph is an error).
+        costs_options: options of the cost source: for ``"estimate"`` the keyword arguments
+            of :class:`~lightning_split.plans.EstimatedCosts` (``device_gflops``,
+            ``server_gflops``, ``backward_factor``, ``min_node_s``); for ``"measure"``
+            ``warmup`` and ``repeats`` per node and ``cache`` (a directory, or ``False`` for
+            no cache; default: :func:`lightning_split.measure.default_cache_dir`).
+        plan_link: the link to plan for, as text or ``Link``; ``None`` (the default) measures
+            it over the training connection with ``ping`` payloads of ``probe_bytes``.
+        probe_bytes: payload bytes of the link probes (default: the median size of the
+            model's tensors, within the limits of :func:`lightning_split.measure.measure_link`).
+        probe_repeats: timed rounds per link measurement.
+        replan_every: every this many optimizer steps, measure the link again and re-plan
+            with the same node costs; when the optimal placement changes, the boundary moves
+            before the next training batch (parameters, buffers and optimizer state of the
+            nodes that change sides migrate). ``None``: plan once. Needs ``cut="auto"``.
     """
 
     strategy_name = "split"
@@ -67,10 +139,22 @@ class SplitStrategy(SingleDeviceStrategy):
         pin_server: Sequence[str] = (),
         release_server_state: bool = True,
         timeout: float = 300.0,
-        link: str | None = None,
+        link: str | Link | None = None,
+        costs: str | Path | Profile = "measure",
+        costs_options: dict[str, Any] | None = None,
+        plan_link: str | Link | None = None,
+        probe_bytes: int | None = None,
+        probe_repeats: int = 5,
+        replan_every: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, **kwargs)
+        if replan_every is not None and (not isinstance(replan_every, int) or replan_every < 1):
+            raise ValueError(f"replan_every must be a positive number of optimizer steps or None, got {replan_every!r}")
+        if replan_every is not None and cut != "auto":
+            raise ValueError("replan_every needs cut='auto': a fixed cut has nothing to re-plan")
+        if isinstance(costs, str | Path) and costs not in ("measure", "estimate") and not Path(costs).is_file():
+            raise ValueError(f"costs={costs!r}: expected 'measure', 'estimate', a Profile or a profile file")
         self.server_url = server
         self.cut = cut
         self.token = token
@@ -82,14 +166,31 @@ class SplitStrategy(SingleDeviceStrategy):
         self.pin_server = tuple(pin_server)
         self.release_server_state = release_server_state
         self.timeout = timeout
-        self.link = link
+        self.link = _as_link(link)
+        self.costs = costs
+        self.costs_options = dict(costs_options or {})
+        self.plan_link = _as_link(plan_link)
+        self.probe_bytes = probe_bytes
+        self.probe_repeats = probe_repeats
+        self.replan_every = replan_every
         self.runtime: SplitRuntime | None = None
         self.plan: SplitPlan | None = None
+        self.placements: list[SplitSpec] = []
+        self.replans: list[Replan] = []
+        self._remote: RemoteServer | None = None
         self._embedded: EmbeddedServer | None = None
         self._restore: list[Any] = []
         self._last_stats: Traffic | None = None
         self._steps_since_log = 0
+        self._steps = 0
+        self._replan_due = False
         self.last_traffic: dict[str, float] = {}
+
+    def set_link_limit(self, link: str | Link | None) -> None:
+        """Change the emulated link limit of the connection (``None``: no limit), also mid-training."""
+        self.link = _as_link(link)
+        if self._remote is not None:
+            self._remote.emulator = LinkEmulator(self.link) if self.link is not None else None
 
     # -- Lightning hooks -------------------------------------------------------------------
 
@@ -97,7 +198,7 @@ class SplitStrategy(SingleDeviceStrategy):
         super().setup(trainer)
         module = self.lightning_module
         assert module is not None
-        module.forward = functools.partial(self._first_forward, module)  # type: ignore[method-assign]
+        module.forward = functools.partial(self._forward, module)  # type: ignore[method-assign]
         self._restore.append(lambda: module.__dict__.pop("forward", None))
         plugin = self.precision_plugin
         plugin.clip_grad_by_norm = self._clip_grad_by_norm  # type: ignore[method-assign]
@@ -121,6 +222,13 @@ class SplitStrategy(SingleDeviceStrategy):
             while self._restore:
                 self._restore.pop()()
             super().teardown()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Re-plan here when due: the last optimizer step is done and its gradients are spent."""
+        super().on_train_batch_start(batch, batch_idx)
+        if self._replan_due:
+            self._replan_due = False
+            self._replan()
 
     def on_exception(self, exception: BaseException) -> None:
         try:
@@ -148,11 +256,11 @@ class SplitStrategy(SingleDeviceStrategy):
 
     # -- the split -------------------------------------------------------------------------
 
-    def _first_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def _forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """The module's forward: a trampoline to the current runtime (re-planning replaces it)."""
         if self.runtime is None:
             self._start(module, args, kwargs)
         assert self.runtime is not None
-        module.forward = self.runtime.forward  # type: ignore[method-assign]
         return self.runtime.forward(*args, **kwargs)
 
     def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -160,7 +268,15 @@ class SplitStrategy(SingleDeviceStrategy):
         if url is None:
             self._embedded = EmbeddedServer(ModelHost(_embedded_factory(module), _class_path(module)), token=self.token)
             url = self._embedded.url
-        remote = RemoteServer(url, token=self.token, ca_file=self.ca_file, timeout=self.timeout)
+        remote = RemoteServer(url, token=self.token, ca_file=self.ca_file, timeout=self.timeout, link_limit=self.link)
+        self._remote = remote
+        batch = trace_batch(module, args, kwargs, self.leaf_modules)
+        hello = {
+            "model": self.model_name or _class_path(module),
+            "init_args": self.init_args if self.init_args is not None else _init_args(module),
+            **batch.hello_fields(),
+        }
+        link_started = time.perf_counter()
         self.plan = make_plan(
             module,
             args,
@@ -169,25 +285,97 @@ class SplitStrategy(SingleDeviceStrategy):
             leaf_modules=self.leaf_modules,
             pin_device=self.pin_device,
             pin_server=self.pin_server,
-            link=self.link,
+            link=self._planning_link,
+            profile_builder=self._cost_source(hello, args, kwargs) if self.cut == "auto" else None,
+            traced=batch,
+            notes={"link": "given" if self.plan_link is not None else "measured"},
         )
+        if self.cut == "auto":
+            self.plan.notes["plan_s"] = time.perf_counter() - link_started
         log.info("lightning-split plan:\n%s", self.plan.describe())
-        hello = {
-            "model": self.model_name or _class_path(module),
-            "init_args": self.init_args if self.init_args is not None else _init_args(module),
-            **self.plan.hello_fields(),
-        }
         self.runtime = SplitRuntime(
             module,
             self.plan.graph_module,
             self.plan.spec,
-            remote if self.plan.spec.server_nodes else None,
+            remote,
             hello,
             self.release_server_state,
             graph_args=self.plan.traced.graph_args,
         )
         self.runtime.open(self.optimizers)
+        self.placements.append(self.plan.spec)
         self._log_plan()
+
+    def _cost_source(self, hello: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProfileBuilder:
+        """The profile builder ``costs`` asks for."""
+        costs = self.costs
+        if isinstance(costs, Profile) or (isinstance(costs, str | Path) and costs not in ("measure", "estimate")):
+            return GivenCosts(costs)
+        if costs == "estimate":
+            return EstimatedCosts(**self.costs_options)
+        from lightning_split.measure import ProfileCache, Profiler
+
+        options = dict(self.costs_options)
+        cache = options.pop("cache", None)
+        profiler = Profiler(
+            cache=None if cache is False else ProfileCache(cache),
+            device=self.root_device,
+            **options,
+        )
+        assert self._remote is not None
+        return MeasuredCosts(self._remote, hello, args, kwargs, profiler)
+
+    def _planning_link(self, traced: TracedModel) -> Link:
+        """``plan_link`` if given, else the link measured over the training connection."""
+        if self.plan_link is not None:
+            return self.plan_link
+        from lightning_split.measure import MAX_PROBE_BYTES, MIN_PROBE_BYTES, measure_link, typical_payload_bytes
+
+        assert self._remote is not None
+        if self.probe_bytes is not None:
+            size = low = high = int(self.probe_bytes)
+        else:
+            size, low, high = typical_payload_bytes(traced), MIN_PROBE_BYTES, MAX_PROBE_BYTES
+        return measure_link(self._remote, size, size, self.probe_repeats, min_bytes=low, max_bytes=high)
+
+    def _replan(self) -> None:
+        """Measure the link, plan again on the same node costs, move the boundary if the optimum moved."""
+        plan, runtime = self.plan, self.runtime
+        if plan is None or runtime is None or plan.profile is None:
+            return
+        started = time.perf_counter()
+        try:
+            link = self._planning_link(plan.traced)
+        except (ConnectionFailed, RemoteError) as exc:
+            log.warning("lightning-split: no link measurement at step %d (%s); the placement stays", self._steps, exc)
+            return
+        new = plan.replanned(link)
+        moved = new.spec.server_nodes != plan.spec.server_nodes
+        if moved:
+            self.runtime = runtime.moved_to(new.spec)
+            self.placements.append(new.spec)
+        self.plan = new
+        record = Replan(
+            step=self._steps,
+            link=link,
+            old_cut=plan.spec.cut if plan.spec.server_nodes else (),
+            new_cut=new.spec.cut if new.spec.server_nodes else (),
+            old_predicted_s=_predicted(new.profile, plan.spec),
+            new_predicted_s=_predicted(new.profile, new.spec),
+            moved=moved,
+            seconds=time.perf_counter() - started,
+        )
+        self.replans.append(record)
+        log.info("lightning-split %s", record.describe())
+        self._log_metrics(
+            {
+                "split/replans": float(sum(r.moved for r in self.replans)),
+                "split/predicted_step_s": record.new_predicted_s,
+                "split/link_up_mbit_s": link.uplink_bytes_per_s * 8 / 1e6,
+                "split/link_down_mbit_s": link.downlink_bytes_per_s * 8 / 1e6,
+                "split/link_rtt_ms": link.rtt_s * 1e3,
+            }
+        )
 
     def _log_plan(self) -> None:
         trainer = getattr(self.lightning_module, "_trainer", None)
@@ -196,12 +384,22 @@ class SplitStrategy(SingleDeviceStrategy):
         for logger in trainer.loggers:
             logger.log_hyperparams(self.plan.summary())
 
+    def _log_metrics(self, metrics: dict[str, float]) -> None:
+        trainer = getattr(self.lightning_module, "_trainer", None)
+        if trainer is None:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
     def _close_runtime(self) -> None:
         runtime, self.runtime = self.runtime, None
+        remote, self._remote = self._remote, None
         try:
             if runtime is not None:
                 runtime.close()
         finally:
+            if remote is not None:
+                remote.close()
             if self._embedded is not None:
                 self._embedded.close()
                 self._embedded = None
@@ -210,6 +408,9 @@ class SplitStrategy(SingleDeviceStrategy):
         if self.runtime is not None:
             self.runtime.after_step(optimizer)
             self._log_traffic()
+            self._steps += 1
+            if self.replan_every is not None and self._steps % self.replan_every == 0:
+                self._replan_due = True
 
     def _log_traffic(self) -> None:
         """Per-step traffic and timing of the split, averaged since the last log, to every logger."""
@@ -255,6 +456,23 @@ class SplitStrategy(SingleDeviceStrategy):
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
         strategy_registry.register(cls.strategy_name, cls, description="split learning over websockets")
+
+
+def _as_link(link: str | Link | None) -> Link | None:
+    return Link.parse(link) if isinstance(link, str) else link
+
+
+def _predicted(profile: Profile | None, spec: SplitSpec) -> float:
+    """Predicted step time of the placement ``spec`` on ``profile``."""
+    from lightning_split import planner
+
+    assert profile is not None
+    server = set(spec.server_nodes)
+    return planner.step_time(profile, [name for name in profile.names if name not in server]).total
+
+
+def _cut_text(cut: tuple[str, ...]) -> str:
+    return "[" + ", ".join(cut) + "]" if cut else "(device only)"
 
 
 def _class_path(module: nn.Module) -> str:
