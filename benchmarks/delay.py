@@ -55,9 +55,9 @@ Sustained fractions and launch costs are assumptions, checked against one measur
 ``--calibrate-cuda`` times each forward node and whole forward + backward steps on the local
 GPU (fp32, TF32 off) and compares both cost models with the GPU's datasheet figures. On an H200
 (67 TFLOP/s fp32, 4.8 TB/s) the forward nodes of over 0.2 ms (the large convolutions and matrix
-products) ran at about a quarter of the fp32 peak, a tiny elementwise op cost 17 us per kernel
+products) ran at about a quarter of the fp32 peak, a tiny elementwise op cost 16-18 us per kernel
 forward + backward (launch plus PyTorch's eager dispatch on the x86 host), and nodes without
-FLOPs (normalisation, activations, pooling, concatenation) took 31-64% of the forward time.
+FLOPs (normalisation, activations, pooling, concatenation) took 23-66% of the forward time.
 Hence ``FLOP_FRACTION = COMPUTE_FRACTION = 0.25`` of the fp32 peak (the library's default of
 50 GFLOP/s for a Nano is 21% of its peak), ``MEMORY_FRACTION = 0.7`` of the DRAM bandwidth (what
 STREAM-like copies reach), and 15 us per kernel on the x86-hosted servers. The Jetsons dispatch
@@ -91,7 +91,8 @@ no backward and no floor: forward FLOPs, bytes and node kinds, independent of ha
 
 Usage::
 
-    python benchmarks/delay.py [--quick] [--out benchmarks/out/delay.json] [--charts benchmarks/out]
+    python benchmarks/delay.py [--quick] [--publish] [--out benchmarks/out/delay.json] [--charts benchmarks/out]
+    python benchmarks/delay.py --calibrate-cuda [--models resnet50,...] --out benchmarks/out/delay_calibration.json
 """
 
 from __future__ import annotations
@@ -718,6 +719,7 @@ def _log_error_stats(predicted: list[float], measured: list[float]) -> dict[str,
     logs_m = [math.log(m) for m in measured]
     return {
         "median_abs_log10_error": statistics.median(errors),
+        "median_log10_ratio": statistics.median(math.log10(max(p, 1e-9) / m) for p, m in zip(predicted, measured)),
         "log_pearson": statistics.correlation(logs_p, logs_m) if len(set(logs_p)) > 1 else float("nan"),
     }
 
@@ -760,9 +762,7 @@ def calibrate(names: Sequence[str]) -> dict[str, Any]:
                 / max(sum(predicted), 1e-12),
                 **_log_error_stats(predicted, measured),
                 "large_nodes": len(large),
-                "large_median_abs_log10_error": _log_error_stats(
-                    [predicted[i] for i in large], [measured[i] for i in large]
-                )["median_abs_log10_error"]
+                "large": _log_error_stats([predicted[i] for i in large], [measured[i] for i in large])
                 if large
                 else None,
             }
@@ -770,8 +770,9 @@ def calibrate(names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _err(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _err(stats: dict[str, float] | None) -> str:
+    """Median absolute and (in brackets) signed log10 error of predicted over measured."""
+    return "-" if stats is None else f"{stats['median_abs_log10_error']:.2f} ({stats['median_log10_ratio']:+.2f})"
 
 
 def calibration_table(result: dict[str, Any]) -> str:
@@ -788,7 +789,7 @@ def calibration_table(result: dict[str, Any]) -> str:
             _pct(r["measured_share_without_flops"]), _pct(f["predicted_share_without_flops"]),
             _pct(o["predicted_share_without_flops"]),
             f"{f['median_abs_log10_error']:.2f}", f"{o['median_abs_log10_error']:.2f}", str(o["large_nodes"]),
-            _err(f["large_median_abs_log10_error"]), _err(o["large_median_abs_log10_error"]),
+            _err(f["large"]), _err(o["large"]),
         ])  # fmt: skip
     return render_table(header, rows)
 

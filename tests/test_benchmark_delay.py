@@ -129,3 +129,15 @@ def test_delay_benchmark_quick(tmp_path):
     for name in ("delay_step_time_roofline.png", "delay_step_time_flops.png", "delay_reduction.png"):
         data = (charts / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) < 150_000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="calibration measures a CUDA GPU")
+def test_calibration_measures_the_gpu_and_compares_both_cost_models():
+    result = delay.calibrate(["alexnet_cifar"])
+    row = result["models"]["alexnet_cifar"]
+    assert row["measured_step_s"] > 0 and row["measured_forward_s"] > 0
+    assert 0 < row["measured_share_without_flops"] < 1
+    for cost_name in delay.COST_MODELS:
+        assert row[cost_name]["predicted_step_s"] > row[cost_name]["predicted_forward_s"] > 0
+        assert row[cost_name]["median_abs_log10_error"] >= 0
+    assert result["measured_launch_us"] > 0
