@@ -1,20 +1,27 @@
-"""Planner benchmark: the two exact methods, ``full`` and ``blockwise``, on real and synthetic graphs.
+"""Planner benchmark: the exact methods ``full``, ``blockwise`` and ``exhaustive`` on real and synthetic graphs.
 
 For each torchvision classification model (traced at batch 1, 224x224 or 299x299 for
 Inception v3, costs estimated from FLOPs with the default device and server throughputs) and
 for synthetic ResNet-like residual stacks of 1,000 to 10,000 nodes (built directly as
 profiles, no torch), at uplink = downlink = 10, 100 and 1000 Mbit/s with a 2 ms rtt, it records:
 
-- the node count and the number of boundary nodes (what ``blockwise`` decomposes at),
-- the median solve time of ``full`` and ``blockwise`` and their ratio (the speed-up),
-- whether both reach the same optimal predicted step time ``T`` (they must: both are exact;
+- the node count and the number of boundary nodes blockwise decomposes at
+  (:func:`~lightning_split.planner.series_boundaries`; ``graph_boundaries`` counts those of the
+  whole graph, which dead ends and constants in ViT and Swin reduce to almost none),
+- the median solve time of ``full`` and ``blockwise`` and their ratio (the speed-up), and of
+  ``exhaustive`` (brute force) where it finishes within ``EXHAUSTIVE_MAX_PLACEMENTS``,
+- whether all reach the same optimal predicted step time ``T`` (they must: all are exact;
   the script exits 1 if they differ by more than 1e-9 relative, or if a plan is infeasible or
   worse than a baseline),
 - ``T`` of the optimal plan against ``device_only``, ``server_only`` and ``best_layerwise``.
 
-It prints a table and writes JSON with the machine it ran on. Traced zoo profiles are cached
-in ``benchmarks/out/cache`` (keyed by model, torch/torchvision versions and the tracing
-sources), so reruns skip the minute of tracing.
+A growth series at 100 Mbit/s adds small residual stacks (18 to 508 nodes) and wide
+parallel-branch graphs (6 to 26 nodes, where brute force grows exponentially) to show how each
+method's solve time grows with the graph. It prints tables, writes JSON with the machine it ran
+on and two charts next to it (``planner_growth.png``, ``planner_speedup.png``; a full run also
+copies them to ``benchmarks/results``). Traced zoo profiles are cached in
+``benchmarks/out/cache`` (keyed by model, torch/torchvision versions and the tracing sources),
+so reruns skip the minute of tracing.
 
 Usage::
 
@@ -28,7 +35,7 @@ import gc
 import hashlib
 import json
 import math
-import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -36,18 +43,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, machine_info, render_table, time_adaptive
+from _common import ROOT, machine_info, parallel_branches, render_table, residual_stack, time_adaptive
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lightning_split.planner import Plan, baselines, boundaries, is_feasible, plan
-from lightning_split.profile import Link, NodeCost, Profile
+from lightning_split.planner import (
+    Plan,
+    PlanningError,
+    baselines,
+    boundaries,
+    exhaustive,
+    is_feasible,
+    plan,
+    series_boundaries,
+)
+from lightning_split.profile import Link, Profile
 
 LINKS_MBPS = (10.0, 100.0, 1000.0)
 RTT_MS = 2.0
 TOLERANCE = 1e-9  # relative difference of the two exact methods' optimal T that counts as disagreement
 SYNTHETIC_NODES = (1_000, 2_500, 5_000, 10_000)
+GROWTH_MBPS = 100.0
+GROWTH_RESIDUAL_NODES = (18, 28, 48, 108, 208, 508)  # plus SYNTHETIC_NODES, from the main rows
+GROWTH_BRANCHES = (2, 4, 6, 8, 10, 11, 12)  # parallel_branches(b): 2 + 2b nodes, 3**b placements
+EXHAUSTIVE_MAX_NODES = 800  # its recursion is as deep as the graph
+EXHAUSTIVE_MAX_PLACEMENTS = 600_000  # about 3 s of brute force on this kind of machine
+RESULTS_DIR = ROOT / "benchmarks" / "results"
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "planner.json"
 DEFAULT_CACHE = ROOT / "benchmarks" / "out" / "cache"
 # The sources whose changes can change a traced profile: part of the cache key.
@@ -85,6 +107,8 @@ ZOO = (
 )
 QUICK_ZOO = ("resnet18",)
 QUICK_NODES = (1_000,)
+QUICK_GROWTH_RESIDUAL = (18, 48)
+QUICK_GROWTH_BRANCHES = (2, 4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,60 +143,47 @@ def zoo_profile(model: ZooModel, cache_dir: Path | None) -> tuple[Profile, float
     return profile, traced_s
 
 
-def residual_stack(nodes: int, seed: int = 0) -> Profile:
-    """A ResNet-like profile of exactly ``nodes`` nodes (at least 18), built without torch.
-
-    Stem (input, conv, bn, relu, maxpool), bottleneck blocks of 10 nodes (three conv/bn pairs,
-    two relus, the residual add joining the block input, a relu), head (avgpool, flatten, a few
-    linear layers to reach the exact count, fc). The whole model costs about 1.3 s on the
-    device, the server is 10-50x faster per node, the input is a 224x224 RGB image and
-    activations shrink from 3 MB to a few KB with depth, so the best cut moves with the link.
-    The same family as ``residual_stack`` in ``tests/test_planner.py``.
-    """
-    if nodes < 18:
-        raise ValueError(f"a residual stack needs at least 18 nodes, got {nodes}")
-    rng = random.Random(seed)
-    blocks, padding = divmod(nodes - 8, 10)
-    profile_nodes = [NodeCost("x", "input", (), 3 * 224 * 224 * 4, 0.0, 0.0)]
-
-    def add(name: str, inputs: Sequence[str], depth: float) -> str:
-        device_s = rng.uniform(1e-4, 5e-3) * 50 / blocks
-        out_bytes = int(3_000_000 * 0.5 ** (6 * depth) * rng.uniform(0.5, 2.0)) + 1000
-        profile_nodes.append(NodeCost(name, "op", tuple(inputs), out_bytes, device_s, device_s / rng.uniform(10, 50)))
-        return name
-
-    h = add("maxpool", [add("relu", [add("bn1", [add("conv1", ["x"], 0.0)], 0.0)], 0.0)], 0.0)
-    for b in range(blocks):
-        depth = (b + 1) / blocks
-        t = h
-        for i in (1, 2, 3):
-            t = add(f"b{b}_bn{i}", [add(f"b{b}_conv{i}", [t], depth)], depth)
-            if i < 3:
-                t = add(f"b{b}_relu{i}", [t], depth)
-        h = add(f"b{b}_relu", [add(f"b{b}_add", [t, h], depth)], depth)
-    h = add("flatten", [add("avgpool", [h], 1.0)], 1.0)
-    for i in range(padding):
-        h = add(f"linear{i}", [h], 1.0)
-    add("fc", [h], 1.0)
-    return Profile(profile_nodes, ["fc"], Link.from_mbps(100.0, rtt_ms=RTT_MS), {"model": f"residual_stack({nodes})"})
-
-
 # ----------------------------------------------------------------------------------------------
 # Measurement.
 
 
+def _exhaustive(profile: Profile) -> Plan:
+    return exhaustive(profile, max_nodes=EXHAUSTIVE_MAX_NODES, max_placements=EXHAUSTIVE_MAX_PLACEMENTS)
+
+
 def measure(
-    name: str, kind: str, profile: Profile, link_mbps: float, budget_s: float, max_repeats: int, min_repeats: int
+    name: str,
+    kind: str,
+    profile: Profile,
+    link_mbps: float,
+    budget_s: float,
+    max_repeats: int,
+    min_repeats: int,
+    try_exhaustive: bool = True,
 ) -> dict[str, Any]:
-    """Solve one graph over one link with both exact methods; times, agreement and baselines as a dict."""
+    """Solve one graph over one link with the exact methods; times, agreement and baselines as a dict.
+
+    ``exhaustive`` is tried when ``try_exhaustive`` and the graph is small enough; its entry is
+    ``None`` when skipped and ``{"stopped": true}`` when it passed ``EXHAUSTIVE_MAX_PLACEMENTS``.
+    """
     profile = profile.with_link(Link.from_mbps(link_mbps, rtt_ms=RTT_MS))
     timings = {
         method: time_adaptive(lambda method=method: plan(profile, method), budget_s, max_repeats, min_repeats)
         for method in ("full", "blockwise")
     }
     plans: dict[str, Plan] = {method: timing.result for method, timing in timings.items()}
+    brute: dict[str, Any] | None = None
+    if try_exhaustive and len(profile.nodes) <= EXHAUSTIVE_MAX_NODES:
+        try:
+            timing = time_adaptive(lambda: _exhaustive(profile), budget_s / 2, max(1, max_repeats // 4), 1, 0.5)
+        except PlanningError:
+            brute = {"stopped": True, "max_placements": EXHAUSTIVE_MAX_PLACEMENTS}
+        else:
+            brute = timing.to_json()
+            plans["exhaustive"] = timing.result
     t_full, t_block = plans["full"].predicted_step_s, plans["blockwise"].predicted_step_s
-    rel_diff = abs(t_full - t_block) / max(abs(t_full), abs(t_block), 1e-300)
+    optima = [p.predicted_step_s for p in plans.values()]
+    rel_diff = (max(optima) - min(optima)) / max(max(map(abs, optima)), 1e-300)
     against = baselines(profile)
     optimum = min(t_full, t_block)
     best_plan = plans["blockwise"]
@@ -184,8 +195,9 @@ def measure(
         "rtt_ms": RTT_MS,
         "full": timings["full"].to_json(),
         "blockwise": timings["blockwise"].to_json(),
+        "exhaustive": brute,
         "speedup": timings["full"].median_s / timings["blockwise"].median_s,
-        "predicted_step_s": {"full": t_full, "blockwise": t_block},
+        "predicted_step_s": {method: result.predicted_step_s for method, result in plans.items()},
         "rel_diff": rel_diff,
         "agree": rel_diff <= TOLERANCE,
         "feasible": all(is_feasible(profile, p.device) for p in plans.values()),
@@ -202,9 +214,16 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.1 else f"{seconds * 1e3:.1f}"
 
 
+def _exhaustive_ms(row: dict[str, Any]) -> str:
+    brute = row["exhaustive"]
+    if brute is None:
+        return "-"
+    return "stopped" if brute.get("stopped") else _ms(brute["median_s"])
+
+
 def _table(results: list[dict[str, Any]], graphs: dict[str, dict[str, Any]]) -> str:
     header = [
-        "graph", "nodes", "bounds", "Mbit/s", "full ms", "block ms", "speed-up", "agree",
+        "graph", "nodes", "bounds", "Mbit/s", "full ms", "block ms", "speed-up", "exh. ms", "agree",
         "T* ms", "device ms", "server ms", "layerwise ms", "saved", "on device",
     ]  # fmt: skip
     rows = []
@@ -212,23 +231,55 @@ def _table(results: list[dict[str, Any]], graphs: dict[str, dict[str, Any]]) -> 
         b = r["baselines"]
         rows.append([
             r["graph"], str(r["nodes"]), str(graphs[r["graph"]]["boundaries"]), f"{r['link_mbps']:g}",
-            _ms(r["full"]["median_s"]), _ms(r["blockwise"]["median_s"]), f"{r['speedup']:.1f}x",
+            _ms(r["full"]["median_s"]), _ms(r["blockwise"]["median_s"]), f"{r['speedup']:.1f}x", _exhaustive_ms(r),
             "yes" if r["agree"] else "NO", _ms(r["optimum_s"]), _ms(b["device_only"]), _ms(b["server_only"]),
             _ms(b["best_layerwise"]), f"{r['reduction_pct']['best_layerwise']:.1f}%", str(r["device_nodes"]),
         ])  # fmt: skip
     return render_table(header, rows)
 
 
+def _growth_table(growth: list[dict[str, Any]]) -> str:
+    header = ["graph", "nodes", "full ms", "blockwise ms", "exhaustive ms", "speed-up", "agree"]
+    rows = [
+        [
+            r["graph"],
+            str(r["nodes"]),
+            _ms(r["full"]["median_s"]),
+            _ms(r["blockwise"]["median_s"]),
+            _exhaustive_ms(r),
+            f"{r['speedup']:.1f}x",
+            "yes" if r["agree"] else "NO",
+        ]
+        for r in growth
+    ]
+    return render_table(header, rows)
+
+
+def _geomean(values: Sequence[float]) -> float | None:
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
 def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    zoo = [r["speedup"] for r in results if r["kind"] == "zoo"]
+    zoo = [r for r in results if r["kind"] == "zoo"]
     by_graph: dict[str, dict[str, float]] = {}
     for r in results:
         by_graph.setdefault(r["graph"], {})[f"{r['link_mbps']:g}"] = r["speedup"]
+    zoo_by_model = {name: _geomean(list(by_graph[name].values())) for name in dict.fromkeys(r["graph"] for r in zoo)}
+    fastest = max(zoo, key=lambda r: r["speedup"], default=None)
     synthetic = [r for r in results if r["kind"] == "synthetic"]
     largest = max((r["nodes"] for r in synthetic), default=None)
     return {
         "speedup_by_graph": by_graph,
-        "zoo_speedup_geomean": math.exp(sum(map(math.log, zoo)) / len(zoo)) if zoo else None,
+        "zoo_speedup_geomean": _geomean([r["speedup"] for r in zoo]),
+        "zoo_speedup_geomean_by_model": zoo_by_model,
+        "zoo_speedup_max": None
+        if fastest is None
+        else {
+            "graph": fastest["graph"],
+            "link_mbps": fastest["link_mbps"],
+            "speedup": fastest["speedup"],
+        },
+        "zoo_speedup_min": min((r["speedup"] for r in zoo), default=None),
         "largest_synthetic": {
             "nodes": largest,
             "speedup_by_link": {f"{r['link_mbps']:g}": r["speedup"] for r in synthetic if r["nodes"] == largest},
@@ -239,6 +290,68 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "max_rel_diff": max((r["rel_diff"] for r in results), default=0.0),
     }
+
+
+def _charts(results: list[dict[str, Any]], growth: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Two PNGs: solve time against node count (log-log) and the blockwise speed-up per zoo model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out_dir / "planner_growth.png", out_dir / "planner_speedup.png"]
+    figure, axes = plt.subplots(figsize=(8, 4.8), dpi=100)
+    styles = {"full": ("tab:red", "s"), "blockwise": ("tab:blue", "o"), "exhaustive": ("tab:gray", "^")}
+    for family, line, label in (("residual", "-", "residual stack"), ("branches", "--", "parallel branches")):
+        rows = [r for r in growth if r["family"] == family]
+        for method, (color, marker) in styles.items():
+            points = [(r["nodes"], r[method]["median_s"]) for r in rows if r[method] and "median_s" in r[method]]
+            if points:
+                xs, ys = zip(*points)
+                axes.plot(xs, ys, line, color=color, marker=marker, markersize=4, label=f"{method}, {label}")
+    zoo = [r for r in results if r["kind"] == "zoo" and r["link_mbps"] == GROWTH_MBPS]
+    for method, (color, _) in styles.items():
+        if method != "exhaustive" and zoo:
+            xs = [r["nodes"] for r in zoo]
+            axes.scatter(xs, [r[method]["median_s"] for r in zoo], color=color, marker="x", s=18, zorder=3)
+    axes.scatter([], [], color="black", marker="x", s=18, label="torchvision zoo (full red, blockwise blue)")
+    axes.set(xscale="log", yscale="log", xlabel="nodes", ylabel="median solve time (s)")
+    axes.set_title(f"Planner solve time against graph size ({GROWTH_MBPS:g} Mbit/s, {RTT_MS:g} ms rtt)")
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(paths[0])
+    plt.close(figure)
+
+    zoo_rows = [r for r in results if r["kind"] == "zoo"]
+    names = list(dict.fromkeys(r["graph"] for r in zoo_rows))
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=100)
+    width = 0.8 / len(LINKS_MBPS)
+    for i, mbps in enumerate(LINKS_MBPS):
+        values = [
+            next((r["speedup"] for r in zoo_rows if r["graph"] == n and r["link_mbps"] == mbps), 0) for n in names
+        ]
+        axes.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=f"{mbps:g} Mbit/s")
+    axes.axhline(13.0, color="black", linestyle="--", linewidth=1, label="13x (published, other graphs and baseline)")
+    axes.axhline(1.0, color="gray", linewidth=0.8)
+    axes.set_yscale("log")
+    axes.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    axes.set_ylabel("full / blockwise solve time")
+    axes.set_title("Blockwise speed-up over one full min cut, torchvision models")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(paths[1])
+    plt.close(figure)
+    return paths
+
+
+def _progress(row: dict[str, Any]) -> None:
+    print(
+        f"  {row['graph']} {row['link_mbps']:g} Mbit/s: full {_ms(row['full']['median_s'])} ms, "
+        f"blockwise {_ms(row['blockwise']['median_s'])} ms, exhaustive {_exhaustive_ms(row)}, agree={row['agree']}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = args.budget if args.budget is not None else (0.1 if args.quick else 2.0)
     max_repeats, min_repeats = (3, 1) if args.quick else (21, 3)
 
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * EXHAUSTIVE_MAX_NODES))  # exhaustive recurses per node
     graphs: dict[str, dict[str, Any]] = {}
     profiles: list[tuple[str, str, Profile]] = []
     for model in (m for m in ZOO if m.name in names):
@@ -285,19 +399,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for name, kind, profile in profiles:
         graphs[name].update(nodes=len(profile.nodes), edges=sum(len(set(n.inputs)) for n in profile.nodes))
-        graphs[name]["boundaries"] = len(boundaries(profile))
+        graphs[name]["boundaries"] = len(series_boundaries(profile))
+        graphs[name]["graph_boundaries"] = len(boundaries(profile))
+        try_exhaustive = True  # the number of feasible placements does not depend on the link
         for mbps in LINKS_MBPS:
-            row = measure(name, kind, profile, mbps, budget, max_repeats, min_repeats)
+            row = measure(name, kind, profile, mbps, budget, max_repeats, min_repeats, try_exhaustive)
+            try_exhaustive = bool(row["exhaustive"]) and not row["exhaustive"].get("stopped")
             results.append(row)
-            print(
-                f"  {name} {mbps:g} Mbit/s: full {_ms(row['full']['median_s'])} ms, "
-                f"blockwise {_ms(row['blockwise']['median_s'])} ms, agree={row['agree']}",
-                file=sys.stderr,
-                flush=True,
-            )
+            _progress(row)
 
-    agreement = all(r["agree"] for r in results)
-    sound = all(r["feasible"] and r["not_worse_than_baselines"] for r in results)
+    growth_residual = QUICK_GROWTH_RESIDUAL if args.quick else GROWTH_RESIDUAL_NODES
+    growth_branches = QUICK_GROWTH_BRANCHES if args.quick else GROWTH_BRANCHES
+    growth = []
+    growth_graphs = [("residual", f"residual_{n}", residual_stack(n)) for n in growth_residual]
+    growth_graphs += [("branches", f"branches_{b}", parallel_branches(b)) for b in growth_branches]
+    for family, name, profile in growth_graphs:
+        row = measure(name, "growth", profile, GROWTH_MBPS, budget, max_repeats, min_repeats)
+        growth.append({"family": family, **row})
+        _progress(row)
+    for row in results:  # the large stacks of the main table continue the residual series
+        if row["kind"] == "synthetic" and row["link_mbps"] == GROWTH_MBPS:
+            growth.append({"family": "residual", **row})
+
+    checked = results + growth
+    agreement = all(r["agree"] for r in checked)
+    sound = all(r["feasible"] and r["not_worse_than_baselines"] for r in checked)
     total_s = time.perf_counter() - started
     summary = _summary(results)
     report = {
@@ -311,31 +437,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             "budget_s": budget,
             "max_repeats": max_repeats,
             "min_repeats": min_repeats,
+            "exhaustive_max_nodes": EXHAUSTIVE_MAX_NODES,
+            "exhaustive_max_placements": EXHAUSTIVE_MAX_PLACEMENTS,
+            "growth_mbps": GROWTH_MBPS,
         },
         "agreement": agreement,
         "sound": sound,
         "total_s": total_s,
         "graphs": graphs,
         "results": results,
+        "growth": growth,
         "summary": summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    charts = _charts(results, growth, args.out.parent)
+    report["charts"] = [str(path) for path in charts]
+    if not args.quick:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        for path in charts:
+            shutil.copyfile(path, RESULTS_DIR / path.name)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
 
     print(_table(results, graphs))
     print("T*: predicted step time of the optimal plan; saved: its reduction against best_layerwise;")
-    print("on device: nodes the optimal plan keeps on the device; bounds: boundary nodes blockwise splits at")
+    print("on device: nodes the optimal plan keeps on the device; bounds: boundary nodes blockwise splits at;")
+    limits = f"'-' over {EXHAUSTIVE_MAX_NODES} nodes, 'stopped' over {EXHAUSTIVE_MAX_PLACEMENTS} placements"
+    print(f"exh.: exhaustive solve time, {limits}")
+    print()
+    print(f"growth at {GROWTH_MBPS:g} Mbit/s:")
+    print(_growth_table(growth))
     print()
     if summary["zoo_speedup_geomean"] is not None:
-        print(f"zoo: blockwise is {summary['zoo_speedup_geomean']:.1f}x faster than full (geometric mean)")
+        top = summary["zoo_speedup_max"]
+        print(
+            f"zoo: blockwise is {summary['zoo_speedup_geomean']:.1f}x faster than full (geometric mean), "
+            f"{summary['zoo_speedup_min']:.1f}x to {top['speedup']:.1f}x "
+            f"({top['graph']} at {top['link_mbps']:g} Mbit/s)"
+        )
     largest = summary["largest_synthetic"]
     if largest["nodes"] is not None:
         ratios = ", ".join(f"{v:.0f}x at {k} Mbit/s" for k, v in largest["speedup_by_link"].items())
         print(f"largest synthetic graph ({largest['nodes']} nodes): blockwise speed-up {ratios}")
     print(f"optimal T agrees within {TOLERANCE:g} relative: {'yes' if agreement else 'NO'}")
-    print(f"total {total_s:.0f} s; results in {args.out}")
+    print(f"total {total_s:.0f} s; results in {args.out}; charts: {', '.join(str(path) for path in charts)}")
     if not agreement:
-        bad = [f"{r['graph']}@{r['link_mbps']:g}" for r in results if not r["agree"]]
+        bad = [f"{r['graph']}@{r['link_mbps']:g}" for r in checked if not r["agree"]]
         print(f"error: full and blockwise disagree on {', '.join(bad)}", file=sys.stderr)
     if not sound:
         print("error: a plan is infeasible or worse than a baseline", file=sys.stderr)

@@ -29,12 +29,27 @@ def test_planner_benchmark_quick(tmp_path):
     assert set(report["graphs"]) == {"resnet18", "residual_1000"}
     assert report["graphs"]["residual_1000"]["nodes"] == 1000
     assert report["graphs"]["resnet18"]["trace_s"] > 0  # a fresh cache: it was traced
+    assert report["graphs"]["residual_1000"]["boundaries"] == report["graphs"]["residual_1000"]["graph_boundaries"]
     assert len(report["results"]) == 6
-    for row in report["results"]:
+    for row in [*report["results"], *report["growth"]]:
         assert row["agree"] is True and row["feasible"] is True and row["rel_diff"] <= 1e-9
         for method in ("full", "blockwise"):
             assert row[method]["repeats"] >= 1 and row[method]["median_s"] > 0
         assert row["speedup"] == row["full"]["median_s"] / row["blockwise"]["median_s"]
         assert set(row["baselines"]) == {"device_only", "server_only", "best_layerwise"}
         assert row["optimum_s"] <= min(row["baselines"].values()) * (1 + 1e-9)
-    assert report["summary"]["largest_synthetic"]["nodes"] == 1000
+    # Brute force runs on the small graphs (resnet18's 70 nodes included) and agrees with the min cuts.
+    small = [row for row in [*report["results"], *report["growth"]] if row["nodes"] <= 100]
+    assert {row["graph"] for row in small} == {"resnet18", "residual_18", "residual_48", "branches_2", "branches_4"}
+    for row in small:
+        assert row["exhaustive"]["median_s"] > 0
+        assert set(row["predicted_step_s"]) == {"full", "blockwise", "exhaustive"}
+    assert all(row["exhaustive"] is None for row in report["results"] if row["graph"] == "residual_1000")
+    assert [row["nodes"] for row in report["growth"]] == [18, 48, 6, 10, 1000]
+    summary = report["summary"]
+    assert summary["largest_synthetic"]["nodes"] == 1000
+    assert summary["zoo_speedup_max"]["graph"] == "resnet18"
+    assert summary["zoo_speedup_min"] <= summary["zoo_speedup_geomean"] <= summary["zoo_speedup_max"]["speedup"]
+    for name in ("planner_growth.png", "planner_speedup.png"):
+        chart = tmp_path / name
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size < 150_000
