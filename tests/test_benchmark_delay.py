@@ -131,6 +131,7 @@ def test_delay_benchmark_quick(tmp_path):
         assert data.startswith(b"\x89PNG") and len(data) < 150_000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="calibration measures a CUDA GPU")
 def test_calibration_measures_the_gpu_and_compares_both_cost_models():
     result = delay.calibrate(["alexnet_cifar"])
