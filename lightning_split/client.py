@@ -140,6 +140,11 @@ class RemoteServer:
                 else "check the URL"
             )
             raise ConnectionFailed(f"server {self.url} refused the handshake with HTTP {status}: {hint}") from exc
+        except ssl.SSLError as exc:
+            raise ConnectionFailed(
+                f"TLS handshake with {self.url} failed ({exc}); if the server uses a self-signed certificate or a "
+                "private CA, pass it with SplitStrategy(ca_file=...)"
+            ) from exc
         except (OSError, TimeoutError) as exc:
             raise _Unreachable(
                 f"cannot reach the lightning-split server at {self.url} ({exc}); is `lightning-split serve` running "

@@ -123,7 +123,7 @@ def check_op(op: Any, index: int = 0) -> dict[str, Any]:
     if not isinstance(op, dict):
         raise ProtocolError(f"op {index}: expected an object, got {type(op).__name__}")
     name = op.get("op")
-    if name not in OPS:
+    if not isinstance(name, str) or name not in OPS:
         raise ProtocolError(f"op {index}: unknown op {name!r}; known ops: {', '.join(sorted(OPS))}")
     schema = OPS[name]
     extra = sorted(set(op) - set(schema) - {"op"})

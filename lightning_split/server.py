@@ -336,6 +336,9 @@ class SplitServer:
             request = connection.receive(message)
         except protocol.ProtocolError as exc:
             return connection.error(None, "protocol", str(exc))
+        except Exception as exc:  # a parser bug must not end the connection; report it like a protocol error
+            log.error("undecodable message:\n%s", traceback.format_exc())
+            return connection.error(None, "protocol", f"{type(exc).__name__}: {exc}")
         if isinstance(request, bytes):
             return request
         results: list[Any] = [None] * request.skip
@@ -347,7 +350,11 @@ class SplitServer:
         except Exception as exc:  # a bug or a bad tensor: end this request, keep serving
             log.error("request %s failed:\n%s", request.seq, traceback.format_exc())
             return connection.error(request, "internal", f"{type(exc).__name__}: {exc}")
-        return connection.reply(request, results)
+        try:
+            return connection.reply(request, results)
+        except (TypeError, ValueError) as exc:  # a result the wire cannot carry is a bug; keep serving
+            log.error("reply to request %s cannot be encoded:\n%s", request.seq, traceback.format_exc())
+            return connection.error(request, "internal", f"the reply cannot be encoded: {exc}")
 
     def _run(
         self,
