@@ -10,6 +10,7 @@ Link probes are small (8 KiB) so that measuring the slow link takes well under a
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import lightning as L
 import pytest
@@ -17,6 +18,9 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from lightning_split import SplitStrategy
+from lightning_split.estimate import estimate_profile
+from lightning_split.profile import Link, Profile
+from lightning_split.trace import trace_module
 from tests.models import DagNet, loader
 from tests.test_equivalence import assert_same_parameters, trainer
 
@@ -126,6 +130,41 @@ def test_replan_against_a_serve_process_with_accumulation_equals_local(dagnet_se
     )
     assert [spec.cut for spec in strategy.placements] == [("x",), ()]
     assert [r.step for r in strategy.replans if r.moved] == [4]
+    assert_same_parameters(local, split)
+
+
+def stem_friendly_costs() -> Profile:
+    """Costs where the device is quick on the stem and slow on the rest, the server the other way round.
+
+    Over a fast link the stem stays on the device (cut after it: 64 KiB); over ``2mbit,20ms``
+    sending 64 KiB and its gradient (0.52 s) costs more than the server's slow stem (0.3 s),
+    so the cut moves to the input (8 KiB). The switch is at about 3.5 Mbit/s, far from both
+    links, so noisy measurements of the fast loopback do not move it.
+    """
+    traced = trace_module(DagNet(), (torch.zeros(32, 1, 8, 8),))
+    profile = estimate_profile(traced, Link.from_mbps(100))
+    nodes = []
+    for node in profile.nodes:
+        if node.kind == "op":
+            stem = node.name.startswith("stem_")
+            node = dataclasses.replace(node, device_s=0.0 if stem else 0.1, server_s=0.1 if stem else 1e-4)
+        nodes.append(node)
+    return Profile(nodes, profile.outputs, profile.link, {"source": "test"})
+
+
+@pytest.mark.slow
+def test_part_of_the_model_migrates_with_clipping_and_training_equals_local():
+    """Only the stem (conv, BatchNorm with its running statistics) changes sides, twice."""
+    strategy = SplitStrategy(costs=stem_friendly_costs(), replan_every=2, probe_bytes=8192, probe_repeats=2)
+    local, split = fit_pair(
+        {"optimizer": "sgd", "momentum": 0.9},
+        strategy,
+        {6: SLOW, 12: None},
+        gradient_clip_val=0.3,
+        gradient_clip_algorithm="norm",
+    )
+    assert [spec.cut for spec in strategy.placements] == [("stem_2",), ("x",), ("stem_2",)]
+    assert [r.step for r in strategy.replans if r.moved] == [6, 12]
     assert_same_parameters(local, split)
 
 
