@@ -318,7 +318,7 @@ def _charts(results: list[dict[str, Any]], growth: list[dict[str, Any]], out_dir
     axes.set(xscale="log", yscale="log", xlabel="nodes", ylabel="median solve time (s)")
     axes.set_title(f"Planner solve time against graph size ({GROWTH_MBPS:g} Mbit/s, {RTT_MS:g} ms rtt)")
     axes.grid(True, which="major", alpha=0.3)
-    axes.legend(fontsize=7, loc="upper left")
+    axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(paths[0])
     plt.close(figure)
@@ -401,10 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         graphs[name].update(nodes=len(profile.nodes), edges=sum(len(set(n.inputs)) for n in profile.nodes))
         graphs[name]["boundaries"] = len(series_boundaries(profile))
         graphs[name]["graph_boundaries"] = len(boundaries(profile))
-        try_exhaustive = True  # the number of feasible placements does not depend on the link
+        stopped = None  # the number of feasible placements does not depend on the link: stop once
         for mbps in LINKS_MBPS:
-            row = measure(name, kind, profile, mbps, budget, max_repeats, min_repeats, try_exhaustive)
-            try_exhaustive = bool(row["exhaustive"]) and not row["exhaustive"].get("stopped")
+            row = measure(name, kind, profile, mbps, budget, max_repeats, min_repeats, stopped is None)
+            if row["exhaustive"] and row["exhaustive"].get("stopped"):
+                stopped = row["exhaustive"]
+            row["exhaustive"] = row["exhaustive"] or stopped
             results.append(row)
             _progress(row)
 
