@@ -1,0 +1,78 @@
+"""Many devices, one server: 16 client processes train at once; each equals its local run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, ServeProcess
+
+pytestmark = pytest.mark.slow
+CLIENTS = 16
+
+
+def memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def run_clients(url: str, seeds: list[int]) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.loadclient", url, str(seed)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in seeds
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads server memory from /proc")
+def test_sixteen_concurrent_devices_each_equal_local_and_memory_returns(record_property):
+    server = ServeProcess("--model", "tests.models:DagNet", "--threads", "1")
+    pid = server.proc.pid
+    try:
+        (warm,) = run_clients(server.url, [100])  # the first session loads what every session needs
+        assert warm["max_abs_diff"] <= 1e-5
+        time.sleep(0.5)
+        baseline = memory_kib(pid, "VmRSS")
+        started = time.perf_counter()
+        results = run_clients(server.url, list(range(CLIENTS)))
+        duration = time.perf_counter() - started
+        time.sleep(0.5)
+        after = memory_kib(pid, "VmRSS")
+        peak = memory_kib(pid, "VmHWM")
+    finally:
+        server.stop()
+    assert len(results) == CLIENTS
+    for result in results:
+        assert result["max_abs_diff"] <= 1e-5, result
+    figures = {
+        "clients": CLIENTS,
+        "duration_s": round(duration, 1),
+        "server_rss_baseline_mib": round(baseline / 1024, 1),
+        "server_rss_peak_mib": round(peak / 1024, 1),
+        "server_rss_after_mib": round(after / 1024, 1),
+        "split_fit_s_max": round(max(r["split_s"] for r in results), 1),
+    }
+    record_property("load", figures)
+    print("load test:", figures)
+    assert after <= baseline + 16 * 1024, figures  # back to the baseline, within 16 MiB
