@@ -69,6 +69,7 @@ __all__ = [
     "measure_node_costs",
     "measured_profile",
     "model_fields",
+    "profile_builder",
     "typical_payload_bytes",
 ]
 
@@ -657,6 +658,43 @@ def model_fields(
         "leaf_modules": list(traced.leaf_modules),
         "example": {"args": example_skeleton(list(args)), "kwargs": example_skeleton(dict(kwargs))},
     }
+
+
+def profile_builder(
+    profiler: Profiler,
+    remote: RemoteServer,
+    model: str,
+    init_args: Mapping[str, Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    measure_the_link: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> Callable[[TracedModel, Link], Profile]:
+    """A ``profile_builder`` for :func:`lightning_split.plans.make_plan` that measures instead of estimating.
+
+    The builder times the device side here and the server side through ``remote`` (both
+    cached by ``profiler``), and, with ``measure_the_link``, replaces the link it is given by
+    the one measured over ``remote`` (keep it ``False`` to plan for a link given by the user,
+    or on an embedded server, whose loopback says nothing about a real network). Each step's
+    one-line account goes to ``report`` (e.g. ``log.info``).
+    """
+
+    def build(traced: TracedModel, link: Link) -> Profile:
+        device = profiler.device_costs(traced, args, kwargs)
+        server = profiler.server_costs(remote, traced, model_fields(model, init_args, traced, args, kwargs))
+        extra: dict[str, Any] = {"model": model, "link_source": "given"}
+        if measure_the_link:
+            probe = typical_payload_bytes(traced)
+            link = measure_link(remote, probe, probe)
+            extra["link_source"] = "measured"
+        for costs in (device, server):
+            extra[f"{costs.side}_hardware"] = costs.hardware
+            extra[f"{costs.side}_cached"] = costs.cached
+            if report is not None:
+                report(costs.describe())
+        return measured_profile(traced, device.node_s, server.node_s, link, extra)
+
+    return build
 
 
 def measured_profile(

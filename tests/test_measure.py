@@ -285,6 +285,27 @@ def test_profile_op_on_a_serve_process_times_every_node(dagnet_server, tmp_path:
     print(f"server costs: {first.describe()}; again: {second.describe()}")
 
 
+def test_profile_builder_plans_from_measured_costs(embedded: EmbeddedServer, tmp_path: Path) -> None:
+    """The hook for SplitStrategy(cut="auto"): make_plan with measured costs of both sides."""
+    from lightning_split.measure import profile_builder
+    from lightning_split.plans import make_plan
+
+    torch.manual_seed(0)
+    model, x = DagNet(), torch.randn(32, 1, 8, 8)
+    remote = RemoteServer(embedded.url)
+    lines: list[str] = []
+    profiler = Profiler(ProfileCache(tmp_path), warmup=1, repeats=2)
+    try:
+        build = profile_builder(profiler, remote, "tests.models:DagNet", {}, (x,), {}, report=lines.append)
+        plan = make_plan(model, (x,), {}, profile_builder=build)
+    finally:
+        remote.close()
+    assert plan.profile is not None and plan.plan is not None
+    assert plan.profile.extra["link_source"] == "measured" and plan.profile.extra["estimated"] is False
+    assert all(node.device_s > 0 and node.server_s > 0 for node in plan.profile.nodes if node.kind == "op")
+    assert [line.split()[0] for line in lines] == ["device", "server"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line
 
