@@ -15,6 +15,7 @@ import torch
 
 from examples import _cifar
 from lightning_split import Link
+from lightning_split.protocol import RemoteError
 from tests.conftest import ROOT, ServeProcess
 
 QUICK = ["--limit-batches", "2", "--batch-size", "4", "--synthetic-size", "16"]
@@ -61,6 +62,7 @@ def test_cifar_example_trains_split_on_embedded_server(script, in_tmp, capsys, c
     assert "lightning-split plan" in caplog.text and f"placement (cut={cut})" in caplog.text
 
 
+@pytest.mark.slow
 def test_demo_trains_split(in_tmp, capsys, caplog):
     """The README's demo (`python examples/cifar10_split.py`) passes options through to the ResNet-18 example."""
     from examples import cifar10_split
@@ -94,11 +96,12 @@ def test_demo_defaults_yield_to_given_options():
 @pytest.mark.slow
 def test_two_terminals_serve_and_example_command(in_tmp):
     """`lightning-split serve --model examples...` in one process, the example script as a command in another."""
-    server = ServeProcess("--model", "examples.cifar10_alexnet:CifarAlexNet")
-    cut = ["--cut", "features.2"]
+    (in_tmp / "token.txt").write_text("s3cret\n")
+    server = ServeProcess("--model", "examples.cifar10_alexnet:CifarAlexNet", "--token-file", str(in_tmp / "token.txt"))
+    options = ["--server", server.url, "--token", "s3cret", "--cut", "features.2"]
     try:
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "cifar10_alexnet.py"), *QUICK, "--server", server.url, *cut],
+            [sys.executable, str(ROOT / "examples" / "cifar10_alexnet.py"), *QUICK, *options],
             cwd=in_tmp,
             env=server.env,
             capture_output=True,
@@ -114,6 +117,19 @@ def test_two_terminals_serve_and_example_command(in_tmp):
     up = float(final.split("last step: ")[1].split(" MiB up")[0])
     assert up > 0
     assert not any("Traceback" in line for line in server.stderr), "".join(server.stderr)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RemoteError,
+    reason="known bug (session.forward): the server marks the received cut tensor as a leaf that requires grad, so "
+    "an in-place op right after the cut (ReLU(inplace=True) after a convolution) fails; auto cuts can land there",
+)
+def test_cut_just_before_an_inplace_relu_trains(in_tmp):
+    from examples import cifar10_alexnet
+
+    result = cifar10_alexnet.main([*QUICK, "--cut", "features.0"])
+    assert_split_run(result, "cut=features.0")
 
 
 def test_model_spec_names_the_module_the_server_imports():
@@ -164,6 +180,7 @@ def test_convert_diff_is_current_and_changes_two_lines():
     assert added[1][1:] == trainer_line + ', strategy=SplitStrategy(cut="net.4"))'
 
 
+@pytest.mark.slow
 def test_convert_scripts_train_the_same_weights_one_locally_one_split(in_tmp, capsys):
     from examples.convert import train_local, train_split
 
