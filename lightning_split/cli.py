@@ -116,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
         await stop
         started.close()
         await started.wait_closed()
+        await server.stop_reaper()
 
     try:
         asyncio.run(run())

@@ -545,6 +545,14 @@ class SplitServer:
             ping_timeout=60,
         )
 
+    async def stop_reaper(self) -> None:
+        """Stop the expiry task (call on the server's loop before it closes)."""
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+
     def close(self) -> None:
         reaper = getattr(self, "_reaper", None)
         if reaper is not None and not self._loop.is_closed():
@@ -617,6 +625,7 @@ class EmbeddedServer:
         await self._stopped
         started.close()
         await started.wait_closed()
+        await self.server.stop_reaper()
 
     def close(self) -> None:
         """Stop accepting, close connections, join the thread."""

@@ -191,20 +191,24 @@ class ServerSession:
             for name, value, meta in zip(self.spec.cut, values, self.cut_meta):
                 _check_value(value, meta, f"cut value {name!r}", self.max_batch)
         started = time.perf_counter()
-        inputs: list[Any] = []
+        inputs: list[Any] = []  # the leaves whose .grad backward returns
+        program_inputs: list[Any] = []
         for value, needs_grad in zip(values, requires_grad):
+            fed = value
             if isinstance(value, torch.Tensor):
-                value = value.to(self.device)
+                value = fed = value.to(self.device)
                 if grad and needs_grad and value.is_floating_point():
                     value.requires_grad_(True)
+                    fed = value.clone()  # an in-place op after the cut (ReLU(inplace=True)) must not hit the leaf
             inputs.append(value)
+            program_inputs.append(fed)
         self.program.train(training)
         saved_rng = torch.get_rng_state() if rng_state is not None else None
         try:
             if rng_state is not None:
                 torch.set_rng_state(rng_state)
             with torch.set_grad_enabled(grad):
-                outputs = self.program(*inputs)
+                outputs = self.program(*program_inputs)
             rng_after = torch.get_rng_state() if rng_state is not None else None
         finally:
             if saved_rng is not None:

@@ -15,7 +15,6 @@ import torch
 
 from examples import _cifar
 from lightning_split import Link
-from lightning_split.protocol import RemoteError
 from tests.conftest import ROOT, ServeProcess
 
 QUICK = ["--limit-batches", "2", "--batch-size", "4", "--synthetic-size", "16"]
@@ -119,12 +118,6 @@ def test_two_terminals_serve_and_example_command(in_tmp):
     assert not any("Traceback" in line for line in server.stderr), "".join(server.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RemoteError,
-    reason="known bug (session.forward): the server marks the received cut tensor as a leaf that requires grad, so "
-    "an in-place op right after the cut (ReLU(inplace=True) after a convolution) fails; auto cuts can land there",
-)
 def test_cut_just_before_an_inplace_relu_trains(in_tmp):
     from examples import cifar10_alexnet
 
