@@ -99,6 +99,8 @@ class SplitStrategy(SingleDeviceStrategy):
         release_server_state: free this process's copies of the server's parameters and
             buffers during training (they come back for checkpoints and at the end).
         timeout: seconds to wait for any reply from the server.
+        retry_for: seconds to keep reconnecting (with backoff) after the connection drops; the
+            session resumes where it was, each request applied exactly once (0: fail at once).
         link: an emulated link limit on the connection, ``"10mbit,20ms"``-style text (rate
             up[/down], round trip) or a ``Link``: every request and reply is delayed as such
             a link would delay it, so bandwidth-dependent behaviour shows on one machine.
@@ -139,6 +141,7 @@ class SplitStrategy(SingleDeviceStrategy):
         pin_server: Sequence[str] = (),
         release_server_state: bool = True,
         timeout: float = 300.0,
+        retry_for: float = 120.0,
         link: str | Link | None = None,
         costs: str | Path | Profile = "measure",
         costs_options: dict[str, Any] | None = None,
@@ -166,6 +169,7 @@ class SplitStrategy(SingleDeviceStrategy):
         self.pin_server = tuple(pin_server)
         self.release_server_state = release_server_state
         self.timeout = timeout
+        self.retry_for = retry_for
         self.link = _as_link(link)
         self.costs = costs
         self.costs_options = dict(costs_options or {})
@@ -268,7 +272,14 @@ class SplitStrategy(SingleDeviceStrategy):
         if url is None:
             self._embedded = EmbeddedServer(ModelHost(_embedded_factory(module), _class_path(module)), token=self.token)
             url = self._embedded.url
-        remote = RemoteServer(url, token=self.token, ca_file=self.ca_file, timeout=self.timeout, link_limit=self.link)
+        remote = RemoteServer(
+            url,
+            token=self.token,
+            ca_file=self.ca_file,
+            timeout=self.timeout,
+            link_limit=self.link,
+            retry_for=self.retry_for,
+        )
         self._remote = remote
         batch = trace_batch(module, args, kwargs, self.leaf_modules)
         hello = {
