@@ -689,20 +689,23 @@ def boundaries(profile: Profile) -> list[str]:
 
 
 def _core_mask(costs: _Costs) -> list[bool]:
-    """Which nodes are *core*: reachable from a model input and reaching a model output.
+    """Which nodes are *core*: reachable from a model input and reaching a model output (two searches)."""
 
-    Graph order is topological, so one backward and one forward sweep suffice.
-    """
-    n = costs.n
-    reaches_output = costs.is_output[:]
-    for v in range(n - 1, -1, -1):
-        if not reaches_output[v]:
-            reaches_output[v] = any(reaches_output[w] for w in costs.consumers[v])
-    from_input = costs.is_input[:]
-    for v in range(n):
-        if not from_input[v]:
-            from_input[v] = any(from_input[u] for u in costs.inputs[v])
-    return [a and b for a, b in zip(reaches_output, from_input)]
+    def reached(starts: list[int], neighbours: list[Any]) -> list[bool]:
+        seen = [False] * costs.n
+        stack = starts
+        for v in stack:
+            seen[v] = True
+        while stack:
+            for u in neighbours[stack.pop()]:
+                if not seen[u]:
+                    seen[u] = True
+                    stack.append(u)
+        return seen
+
+    outputs = [v for v in range(costs.n) if costs.is_output[v]]
+    inputs = [v for v in range(costs.n) if costs.is_input[v]]
+    return [a and b for a, b in zip(reached(outputs, costs.inputs), reached(inputs, costs.consumers))]
 
 
 @dataclass
@@ -914,11 +917,14 @@ class _Layout:
 
     def __init__(self, costs: _Costs, must_device: set[int], on_server: set[int]) -> None:
         core = _core_mask(costs)
-        clusters = _clusters(costs, core)
-        bounds = _usable_boundaries(costs, core, clusters)
+        if all(core):  # the common case: no side nodes, the boundaries of the whole graph
+            clusters, bounds = [], _boundary_positions(costs)
+        else:
+            clusters = _clusters(costs, core)
+            bounds = _usable_boundaries(costs, core, clusters)
         self.clusters = clusters
-        if not bounds:
-            self.costs, self.order, self.bounds, self.core = costs, list(range(costs.n)), [], core
+        if not bounds or not clusters:
+            self.costs, self.order, self.bounds, self.core = costs, list(range(costs.n)), bounds, core
             return
         is_bound = set(bounds)
         gaps: list[list[int]] = [[] for _ in range(len(bounds) + 1)]
@@ -940,7 +946,7 @@ class _Layout:
             order.append(b)
             order.extend(sorted(gap))
         self.order = order
-        self.costs = costs if not clusters else costs.reordered(order)
+        self.costs = costs.reordered(order)
         rank = {old: new for new, old in enumerate(order)}
         self.bounds = [rank[b] for b in bounds]
         self.core = [core[v] for v in order]
@@ -953,16 +959,18 @@ def _blockwise(costs: _Costs, on_device: set[int], on_server: set[int]) -> list[
     if not layout.bounds:
         return _solve_range(costs, 0, costs.n - 1, must_device, on_server, False, True)[1]
     order, bounds, core, clusters = layout.order, layout.bounds, layout.core, layout.clusters
-    rank = {old: new for new, old in enumerate(order)}
-    must_device = {rank[v] for v in must_device}
-    on_server = {rank[v] for v in on_server}
+    last_of: dict[int, _Cluster] = {}  # a cluster's last new position -> the cluster
+    if clusters:
+        rank = {old: new for new, old in enumerate(order)}
+        must_device = {rank[v] for v in must_device}
+        on_server = {rank[v] for v in on_server}
+        last_of = {rank[cluster.nodes[-1]]: cluster for cluster in clusters}
     costs = layout.costs
     n, k = costs.n, len(bounds)
     dev, srv, xfer, rtt2 = costs.dev, costs.srv, costs.xfer, costs.rtt2
 
     # plain_device: every node on the device. prefix_device / suffix_server: core nodes on one
     # side, each cluster at its best value for that side, counted at its last node.
-    last_of = {rank[cluster.nodes[-1]]: cluster for cluster in clusters}
     plain_device = [0] * (n + 1)
     prefix_device = [0] * (n + 1)
     prefix_cheapest = [0] * (n + 1)
