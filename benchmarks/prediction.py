@@ -135,7 +135,7 @@ class StepTimer(L.Callback):
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self.traffic: list[dict[str, float]] = []
+        self.traffic: list[dict[str, float] | None] = []  # None: no split runtime around that whole step
         self.fit_started = time.perf_counter()
         self.first_step_end_s: float | None = None
         self._start = 0.0
@@ -159,7 +159,9 @@ class StepTimer(L.Callback):
         if self.first_step_end_s is None:
             self.first_step_end_s = now - self.fit_started
         after = self._stats(trainer)
-        if after is not None and self._before is not None:
+        if after is None or self._before is None:
+            self.traffic.append(None)
+        else:
             delta = after.since(self._before)
             self.traffic.append(
                 {
@@ -176,7 +178,7 @@ class Fit:
     """One training run: its per-step times (warm-up dropped), the strategy it ran with, its first-step latency."""
 
     times: list[float]
-    traffic: list[dict[str, float]]
+    traffic: list[dict[str, float] | None]
     strategy: Any
     first_step_s: float
 
@@ -197,10 +199,11 @@ class Fit:
         the wait (serialization, the real loopback, the server's optimizer step, which it runs
         outside ``server_compute_s``).
         """
-        if not self.traffic:
+        pairs = [(step_s, t) for step_s, t in zip(self.times, self.traffic, strict=True) if t is not None]
+        if not pairs:
             return None
         rows = []
-        for step_s, t in zip(self.times, self.traffic):
+        for step_s, t in pairs:
             link_s = _emulated_seconds(emulated, t["bytes_up"], t["bytes_down"])
             rows.append(
                 {
@@ -250,6 +253,33 @@ def fit(model_cls: type, strategy: Any, steps: int, warmup: int) -> Fit:
     if len(timer.times) != warmup + steps or timer.first_step_end_s is None:
         raise RuntimeError(f"expected {warmup + steps} timed steps, got {len(timer.times)}")
     return Fit(timer.times[warmup:], timer.traffic[warmup:], strategy, timer.first_step_end_s)
+
+
+def plain_step_times(model_cls: type, repeats: int, image: tuple[int, int, int] = (3, 32, 32)) -> dict[str, float]:
+    """Median seconds of the model's forward+backward (loss included) and of its optimizer step, without Lightning.
+
+    The cost model predicts forward+backward only; these show how much of a measured step is
+    the optimizer step and how much the training loop around it.
+    """
+    torch.manual_seed(0)
+    model = model_cls()
+    optimizer = model.configure_optimizers()
+    x = torch.randn(BATCH, *image)
+    y = torch.randint(0, 10, (BATCH,))
+
+    def forward_backward() -> None:
+        optimizer.zero_grad()
+        model.training_step((x, y), 0).backward()
+
+    def median_s(fn: Callable[[], None]) -> float:
+        samples = []
+        for _ in range(repeats + 2):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples[2:])
+
+    return {"forward_backward_s": median_s(forward_backward), "optimizer_step_s": median_s(optimizer.step)}
 
 
 class ServeProcess:
@@ -455,6 +485,26 @@ def table(runs: Sequence[dict[str, Any]], forced: Sequence[dict[str, Any]], loca
     return render_table(header, rows, left=4)
 
 
+def breakdown_table(runs: Sequence[dict[str, Any]], forced: Sequence[dict[str, Any]]) -> str:
+    """Predicted terms against measured parts of a step, per run (ms): where a prediction misses."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import render_table
+
+    header = ("run", "link limit", "dev pred", "dev meas", "srv pred", "srv meas", "link pred", "link emul", "other",
+              "step pred", "step meas")  # fmt: skip
+    rows = []
+    for name, row in [("auto", run) for run in runs] + [(f["placement"], f) for f in forced]:
+        p, m = row["predicted"], row.get("split")
+        link_pred = p["upload_s"] + p["download_s"] + p["rtt_s"]
+        if m is None:  # nothing ran on the server: the whole step is the device's
+            m = {"device_s": row["measured"]["median_step_s"], "server_compute_s": 0.0, "emulated_link_s": 0.0,
+                 "overhead_s": 0.0}  # fmt: skip
+        cells = (p["device_s"], m["device_s"], p["server_s"], m["server_compute_s"], link_pred, m["emulated_link_s"],
+                 m["overhead_s"], p["total_s"], row["measured"]["median_step_s"])  # fmt: skip
+        rows.append((name, row["bandwidth"], *(f"{value * 1e3:.1f}" for value in cells)))
+    return render_table(header, rows, left=2)
+
+
 def _short(label: str, width: int = 28) -> str:
     return label if len(label) <= width else label[: width - 3] + "..."
 
@@ -615,7 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     forced_rows: list[dict[str, Any]] = []
     try:
         local_fit = fit(model_cls, None, setup.steps, setup.warmup)
-        print(f"  local                      median {local_fit.median_s * 1e3:8.1f} ms", flush=True)
+        plain = plain_step_times(model_cls, max(3, setup.steps // 3))
+        print(
+            f"  local{'':<22}median {local_fit.median_s * 1e3:8.1f} ms; without Lightning: forward+backward "
+            f"{plain['forward_backward_s'] * 1e3:.1f} ms, optimizer step {plain['optimizer_step_s'] * 1e3:.1f} ms",
+            flush=True,
+        )
         # the first start finds the cache empty (cold); the last one repeats it with the cache filled
         order = [setup.bandwidths[-1], *setup.bandwidths[:-1]]
         profiles: dict[str, Any] = {}
@@ -670,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine_info(),
         "elapsed_s": elapsed,
         "local": local,
+        "plain_step": plain,
         "runs": runs,
         "forced": forced_rows,
         "startup": {
@@ -695,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(table(runs, forced_rows, local))
+    print("\nwhere the time went (median ms per step; 'other' = waiting on the server minus its compute and the")
+    print("emulated link: serialization, loopback, the server's optimizer step):")
+    print(breakdown_table(runs, forced_rows))
     print(
         f"\nwithin {TOLERANCE:.0%} of the prediction: {', '.join(within) or 'none'} of {len(runs)}; "
         f"placement = best for the measured link: {report['summary']['chosen_is_best_for_measured_link']}"
