@@ -522,6 +522,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     runs = report["runs"]
     finite = [r["link_emulated"]["up_mbit_s"] for r in runs if r["link_emulated"]["up_mbit_s"] is not None]
@@ -533,7 +534,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         return unlimited_x if rate is None else rate
 
     xs = [x_of(r["bandwidth"]) for r in runs]
-    figure, axes = plt.subplots(figsize=(8, 4.8), dpi=90)
+    figure, axes = plt.subplots(figsize=(10, 4.8), dpi=90)
     pred = [r["predicted_step_s"] * 1e3 for r in runs]
     meas = [r["measured"]["median_step_s"] * 1e3 for r in runs]
     low = [m - r["measured"]["p25_step_s"] * 1e3 for m, r in zip(meas, runs)]
@@ -572,11 +573,13 @@ def chart(report: dict[str, Any], path: Path) -> None:
     ticks = sorted(set(xs))
     axes.set_xticks(ticks)
     axes.set_xticklabels(["unlimited" if t == unlimited_x else f"{t:g}" for t in ticks])
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes.set_xlim(min(ticks) / 1.6, max(ticks) * 1.8)
     axes.set_xlabel(f"emulated link limit, Mbit/s up and down (rtt {report['rtt_ms']:g} ms)")
     axes.set_ylabel("training step, ms")
-    axes.set_ylim(bottom=0)
+    axes.set_ylim(0, axes.get_ylim()[1] * 1.15)
     axes.set_title(f"Predicted vs measured step time: {report['model_short']}", fontsize=10)
-    axes.legend(fontsize=7, loc="upper right")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
