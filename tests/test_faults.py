@@ -14,7 +14,7 @@ import torch
 from lightning_split import SplitStrategy, protocol, wire
 from tests.conftest import ServeProcess
 from tests.faultproxy import FaultProxy
-from tests.test_equivalence import assert_same_parameters, fit_pair, trainer
+from tests.test_equivalence import assert_same_parameters, trainer
 
 pytestmark = pytest.mark.slow
 
@@ -128,11 +128,14 @@ def test_server_killed_and_restarted_with_state_dir_resumes_exactly(tmp_path, ca
 
 def test_idle_connection_closed_by_server_resumes_transparently(caplog):
     server = ServeProcess("--model", "tests.models:DagNet", "--idle-timeout", "0.3")
+    local, split, loader = _local_and_copy({"optimizer": "sgd"})
     try:
         pause = AtBatches("before_backward", {4: lambda: time.sleep(0.8)})
-        local, split, _ = fit_pair({"optimizer": "sgd"}, {"callbacks": [pause]}, server=server.url)
+        torch.manual_seed(1)
+        trainer(SplitStrategy(server=server.url, cut="b"), callbacks=[pause]).fit(split, loader())
     finally:
         server.stop()
+    assert pause.done == [4]
     assert_same_parameters(local, split)
     assert any("idle for 0.3 s" in m for m in _client_warnings(caplog)), _client_warnings(caplog)
 
