@@ -351,11 +351,19 @@ def device_nodes(profile: Any, server_nodes: Sequence[str]) -> list[str]:
 
 
 def predicted(profile: Any, server_nodes: Sequence[str]) -> dict[str, float]:
-    """The predicted step time of a placement and its breakdown, on ``profile``."""
+    """The predicted step time of a placement, its breakdown, and the bytes the cost model sends each way per step.
+
+    SPEC section 1 charges every crossing tensor up and its gradient down, and every server
+    output down and its gradient up, so the bytes are the same both ways.
+    """
     from lightning_split import planner
 
     breakdown = planner.step_time(profile, device_nodes(profile, server_nodes))
-    return {"total_s": breakdown.total, **breakdown.to_json()}
+    server = set(server_nodes)
+    crossing = {name for node in profile.nodes if node.name in server for name in node.inputs if name not in server}
+    returned = [name for name in profile.outputs if name in server]
+    each_way = sum(profile.node(name).out_bytes for name in [*crossing, *returned])
+    return {"total_s": breakdown.total, **breakdown.to_json(), "bytes_each_way": float(each_way)}
 
 
 def auto_record(bandwidth: str, emulated: Any, run: Fit) -> dict[str, Any]:
@@ -508,7 +516,7 @@ def breakdown_table(runs: Sequence[dict[str, Any]], forced: Sequence[dict[str, A
     from _common import render_table
 
     header = ("run", "link limit", "dev pred", "dev meas", "srv pred", "srv meas", "link pred", "link emul", "other",
-              "step pred", "step meas")  # fmt: skip
+              "step pred", "step meas", "KiB pred up=down", "KiB up", "KiB down")  # fmt: skip
     rows = []
     for name, row in [("auto", run) for run in runs] + [(f["placement"], f) for f in forced]:
         p, m = row["predicted"], row.get("split")
@@ -518,7 +526,10 @@ def breakdown_table(runs: Sequence[dict[str, Any]], forced: Sequence[dict[str, A
                  "overhead_s": 0.0}  # fmt: skip
         cells = (p["device_s"], m["device_s"], p["server_s"], m["server_compute_s"], link_pred, m["emulated_link_s"],
                  m["overhead_s"], p["total_s"], row["measured"]["median_step_s"])  # fmt: skip
-        rows.append((name, row["bandwidth"], *(f"{value * 1e3:.1f}" for value in cells)))
+        sizes = (p["bytes_each_way"], m.get("bytes_up", 0.0), m.get("bytes_down", 0.0))
+        rows.append(
+            (name, row["bandwidth"], *(f"{value * 1e3:.1f}" for value in cells), *(f"{b / 1024:.0f}" for b in sizes))
+        )
     return render_table(header, rows, left=2)
 
 
@@ -681,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     started = time.perf_counter()
+    load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     forced_rows: list[dict[str, Any]] = []
     try:
@@ -748,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_command": " ".join(server.command[1:]),
         "machine": _machine_info(),
         "elapsed_s": elapsed,
+        "load_average": {"start": list(load_before), "end": list(os.getloadavg())},
         "local": local,
         "plain_step": plain,
         "device_cost_check": device_cost_check(runs[0]["profile"], plain, local),
