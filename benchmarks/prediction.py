@@ -282,11 +282,37 @@ def plain_step_times(model_cls: type, repeats: int, image: tuple[int, int, int] 
     return {"forward_backward_s": median_s(forward_backward), "optimizer_step_s": median_s(optimizer.step)}
 
 
+#: glibc settings for ``--steady-malloc``: blocks up to 32 MiB (the most it allows) from a heap that is never trimmed.
+STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def steady_malloc() -> bool:
+    """Apply :data:`STEADY_MALLOC_ENV` to this process with ``mallopt``; ``False`` where there is no glibc.
+
+    By default glibc serves large blocks with ``mmap`` and returns freed memory to the system,
+    so a training step that frees and reallocates megabytes of activations and gradients pays
+    page faults every time; how much depends on the allocation history of the process. Per-node
+    timing and whole steps then see different allocators. With these settings both run warm.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(
+        libc.mallopt(m_mmap_threshold, int(STEADY_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]))
+        and libc.mallopt(m_trim_threshold, int(STEADY_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]))
+    )
+
+
 class ServeProcess:
     """A ``python -m lightning_split.cli serve`` child on 127.0.0.1 with ``--threads``; stderr goes to a log file."""
 
-    def __init__(self, model_path: str, threads: int, log_path: Path) -> None:
+    def __init__(self, model_path: str, threads: int, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env.update(extra_env or {})
         self.log_path = log_path
         self.command = [
             sys.executable, "-m", "lightning_split.cli", "serve", "--model", model_path,
@@ -642,6 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-threads", type=int, help="torch threads of the serve process (2; --quick: 1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/prediction.json)")
     parser.add_argument("--publish", action="store_true", help="copy the chart to benchmarks/results/")
+    parser.add_argument(
+        "--steady-malloc",
+        action="store_true",
+        help="keep freed memory in glibc's heap on both sides (no mmap/trim page faults every step)",
+    )
     args = parser.parse_args(argv)
 
     base = QUICK if args.quick else FULL
@@ -673,7 +704,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cache_dir = Path(tempfile.mkdtemp(prefix="lightning-split-prediction-cache-"))
     log_path = Path(tempfile.gettempdir()) / f"lightning-split-prediction-server-{os.getpid()}.log"
-    server = ServeProcess(setup.model_path, setup.server_threads, log_path)
+    if args.steady_malloc and not steady_malloc():
+        parser.error("--steady-malloc needs glibc")
+    server = ServeProcess(
+        setup.model_path, setup.server_threads, log_path, STEADY_MALLOC_ENV if args.steady_malloc else None
+    )
     print(
         f"{setup.model_text}\ndevice: this process, {torch.get_num_threads()} torch thread(s); server: "
         f"{' '.join(server.command[1:])} at {server.url}\n{setup.warmup} warm-up + {setup.steps} timed steps per fit; "
@@ -747,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "prediction",
         "quick": args.quick,
+        "steady_malloc": args.steady_malloc,
         "model": setup.model_path,
         "model_text": setup.model_text,
         "model_short": setup.model_path.split(":")[1] + f", batch {BATCH}",
