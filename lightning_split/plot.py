@@ -5,8 +5,9 @@
 1. the graph, top-down by topological depth, device nodes and server nodes in two colours,
    the tensors that cross the cut highlighted and labeled with their size, model outputs
    marked. A graph of more than ``max_nodes`` nodes is condensed: one box per block between
-   the planner's boundary nodes (:func:`lightning_split.planner.boundaries`), split in two
-   where the cut runs through it, labeled with its node count and first and last node.
+   the nodes blockwise planning splits at (:func:`lightning_split.planner.series_boundaries`),
+   split in two where the cut runs through it, labeled with its node count and first and last
+   node.
 2. the predicted step time of the optimal plan and of the three baselines over a sweep of
    uplink bandwidths (log axes), with the bandwidths where the optimal cut changes marked and
    labeled with the new cut, and the profile's own bandwidth marked.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_split.planner import Plan, boundaries, plan
+from lightning_split.planner import Plan, plan, series_boundaries
 from lightning_split.planner import baselines as planned_baselines
 from lightning_split.profile import Link, Profile
 from lightning_split.report import format_bytes, format_link
@@ -173,7 +174,7 @@ def graph_view(profile: Profile, placement: Plan, max_nodes: int = 60, max_block
 def _blocks(profile: Profile, max_blocks: int) -> list[list[str]]:
     """Runs of nodes in graph order, each ending at a boundary node (the last run at the end)."""
     names = profile.names
-    ends = set(boundaries(profile))
+    ends = set(series_boundaries(profile))
     runs: list[list[str]] = [[]]
     for name in names:
         runs[-1].append(name)

@@ -33,9 +33,10 @@ _tensors = st.builds(
 _leaves = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True), st.text(max_size=12), _tensors
 )
+_keys = st.text(max_size=8).filter(lambda key: not key.startswith("$"))  # "$t", "$tuple" are wire markers
 _values = st.recursive(
     _leaves,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)),
     max_leaves=12,
 )
 
@@ -49,7 +50,7 @@ def _ops(draw) -> dict:
         if draw(st.booleans()) or draw(st.booleans()):
             op[key] = draw(_values)
     if draw(st.integers(0, 5)) == 0:
-        op[draw(st.text(max_size=6))] = draw(_values)
+        op[draw(_keys)] = draw(_values)
     return op
 
 
