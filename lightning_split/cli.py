@@ -275,7 +275,6 @@ def _load_profile(path: str) -> tuple[Any, str]:
 
 def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
     """Import, build, trace and estimate the model of ``--model``; write ``--out`` if asked."""
-    import torch
 
     from lightning_split.estimate import (
         DEFAULT_DEVICE_GFLOPS,
@@ -296,14 +295,7 @@ def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
     except ProfileError as exc:
         raise CommandError(f"bad link (--uplink-mbps/--downlink-mbps/--rtt-ms): {exc}") from exc
 
-    factory = _import_model_factory(args.model)
-    init_args = _json_object(args.init_args, "--init-args") if args.init_args else {}
-    try:
-        model = factory(**init_args)
-    except Exception as exc:  # the user's constructor can raise anything
-        raise CommandError(f"cannot build {args.model}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise CommandError(f"{args.model} built a {type(model).__name__}, not a torch.nn.Module")
+    model, init_args = _build_model(args.model, args.init_args)
     try:
         inputs = example_inputs_for(model, shape)
     except ValueError as exc:
@@ -364,6 +356,21 @@ def _input_shape(text: str) -> tuple[int, ...]:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _build_model(spec: str, init_args_text: str | None) -> tuple[Any, dict[str, Any]]:
+    """Import ``pkg.module:Class`` and instantiate it with the ``--init-args`` JSON object (returned too)."""
+    import torch
+
+    factory = _import_model_factory(spec)
+    init_args = _json_object(init_args_text, "--init-args") if init_args_text else {}
+    try:
+        model = factory(**init_args)
+    except Exception as exc:  # the user's constructor can raise anything
+        raise CommandError(f"cannot build {spec}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise CommandError(f"{spec} built a {type(model).__name__}, not a torch.nn.Module")
+    return model, init_args
 
 
 def _ssl_context(certfile: str | None, keyfile: str | None) -> Any:
@@ -483,14 +490,7 @@ def _profile(args: argparse.Namespace) -> int:
     except ProfileError as exc:
         raise CommandError(f"bad --link: {exc}") from exc
     shape = _input_shape(args.input_shape) if args.input_shape is not None else None
-    factory = _import_model_factory(args.model)
-    init_args = _json_object(args.init_args, "--init-args") if args.init_args else {}
-    try:
-        model = factory(**init_args)
-    except Exception as exc:  # the user's constructor can raise anything
-        raise CommandError(f"cannot build {args.model}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise CommandError(f"{args.model} built a {type(model).__name__}, not a torch.nn.Module")
+    model, init_args = _build_model(args.model, args.init_args)
     try:
         inputs = example_inputs_for(model, shape)
         traced = trace_module(model, inputs, leaf_modules=args.leaf_module or ())

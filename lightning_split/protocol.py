@@ -37,15 +37,20 @@ _NUM = (int, float)
 _TENSOR = (torch.Tensor,)
 _OPTIONAL_TENSOR = (torch.Tensor, type(None))
 
+#: the fields that describe the model to the server (``hello`` and ``profile``).
+_MODEL_FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "init_args": (dict,),
+    "fingerprint": (str,),
+    "leaf_modules": (list,),
+    "example": (dict,),
+    "graph": (list,),
+}
+
 #: op name -> {field: accepted Python types}. Fields not listed are refused.
 OPS: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {
-        "model": (str,),
-        "init_args": (dict,),
-        "fingerprint": (str,),
-        "leaf_modules": (list,),
-        "example": (dict,),
-        "graph": (list,),
+        **_MODEL_FIELDS,
         "spec": (dict,),
         "optimizers": (list,),
         "state": (dict,),
@@ -69,12 +74,7 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
     "optimizer_state": {"optimizer": _INT},
     "load_optimizer_state": {"optimizer": _INT, "state": (dict,)},
     "profile": {
-        "model": (str,),
-        "init_args": (dict,),
-        "fingerprint": (str,),
-        "leaf_modules": (list,),
-        "example": (dict,),
-        "graph": (list,),
+        **_MODEL_FIELDS,
         "warmup": _INT,
         "repeats": _INT,
     },

@@ -330,7 +330,6 @@ class ServerSession:
                 for name, value in state.items()
             }
 
-
     # -- persistence ---------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
