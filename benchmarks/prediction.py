@@ -26,6 +26,9 @@ Usage::
     python benchmarks/prediction.py                 # ResNet-18, 5/20/100 Mbit/s and unlimited, rtt 2 ms
     python benchmarks/prediction.py --publish       # ... and copy the chart to benchmarks/results/
     python benchmarks/prediction.py --quick         # a small conv net, two bandwidths, few steps
+    python benchmarks/prediction.py --steady-malloc # glibc keeps freed memory (see steady_malloc)
+
+Results and why predictions miss: ``benchmarks/RESULTS.md``, "Predictions and end-to-end training".
 """
 
 from __future__ import annotations
