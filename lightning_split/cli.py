@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-mb", type=float, default=512.0, help="largest message accepted, in MiB (default: 512)"
     )
     serve.add_argument("--threads", type=int, help="torch CPU threads for the server's compute (default: torch's)")
+    serve.add_argument(
+        "--allow-tf32",
+        action="store_true",
+        help="let CUDA use TF32 for float32 matmuls and convolutions (faster, but no longer equal to float32 training)",
+    )
     serve.set_defaults(run=_serve)
 
     _add_plan_parser(commands)
@@ -91,10 +96,13 @@ def _serve(args: argparse.Namespace) -> int:
             f"Use --token-file or ${TOKEN_ENV}.",
             stacklevel=1,
         )
-    if args.threads:
-        import torch
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.allow_tf32:  # the split must not change the arithmetic: float32 stays float32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     context = _ssl_context(args.certfile, args.keyfile)
     policy = ServerPolicy(
         limits=wire.Limits(max_message_bytes=int(args.max_message_mb * 2**20)),
