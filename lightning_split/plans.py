@@ -351,23 +351,34 @@ class MeasuredCosts:
         fields: the model as a ``hello`` describes it (``model``, ``init_args`` and the
             trace's :meth:`TracedBatch.hello_fields`).
         args, kwargs: the batch to time the device on.
-        profiler: a ``measure.Profiler`` (cache, warm-up and repeats).
+        profiler: a ``measure.Profiler`` (cache, warm-up, repeats, calibration).
+        optimizers: the training's optimizers as ``hello`` describes them
+            (:func:`lightning_split.measure.describe_optimizers`): each side adds the time of
+            their step over its parameters to the nodes that own them, since a training step
+            runs the optimizer wherever the parameters live.
     """
 
     def __init__(
-        self, remote: Any, fields: Mapping[str, Any], args: Sequence[Any], kwargs: Mapping[str, Any], profiler: Any
+        self,
+        remote: Any,
+        fields: Mapping[str, Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        profiler: Any,
+        optimizers: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.remote = remote
         self.fields = dict(fields)
         self.args, self.kwargs = tuple(args), dict(kwargs)
         self.profiler = profiler
+        self.optimizers = list(optimizers)
         self.notes: dict[str, Any] = {}
 
     def __call__(self, traced: TracedModel, link: Link) -> Profile:
         from lightning_split.measure import measured_profile
 
-        device = self.profiler.device_costs(traced, self.args, self.kwargs)
-        server = self.profiler.server_costs(self.remote, traced, self.fields)
+        device = self.profiler.device_costs(traced, self.args, self.kwargs, self.optimizers)
+        server = self.profiler.server_costs(self.remote, traced, self.fields, self.optimizers)
         self.notes = {
             "costs": "measured",
             "profile_s": device.wall_s + server.wall_s,
@@ -375,6 +386,8 @@ class MeasuredCosts:
             "server_costs": "cache hit" if server.cached else f"measured in {server.wall_s:.2f} s",
         }
         extra = {"device_hardware": device.hardware, "server_hardware": server.hardware}
+        for costs in (device, server):
+            extra.update(costs.extras())
         return measured_profile(traced, device.node_s, server.node_s, link, extra)
 
 

@@ -77,10 +77,18 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
         **_MODEL_FIELDS,
         "warmup": _INT,
         "repeats": _INT,
+        "optimizers": (list,),
+        "calibrate": (bool,),
     },
     "ping": {"payload": _OPTIONAL_TENSOR, "reply_bytes": _INT},
     "resume": {"session": (str,)},
     "close": {},
+}
+
+#: fields an op may leave out (the receiver then uses its default); every other listed field is required.
+OPTIONAL: dict[str, frozenset[str]] = {
+    "hello": frozenset({"leaf_modules", "graph"}),
+    "profile": frozenset({"leaf_modules", "graph", "optimizers", "calibrate"}),
 }
 
 #: ops whose result the client does not wait for; they are sent with the next request.
@@ -131,7 +139,7 @@ def check_op(op: Any, index: int = 0) -> dict[str, Any]:
         raise ProtocolError(f"op {index} ({name}): unexpected field(s) {', '.join(extra)}")
     for key, types in schema.items():
         if key not in op:
-            if name in ("hello", "profile") and key in ("leaf_modules", "graph"):
+            if key in OPTIONAL.get(name, ()):
                 continue
             raise ProtocolError(f"op {index} ({name}): missing field {key!r}")
         value = op[key]

@@ -83,23 +83,36 @@ class ModelHost:
         """Measure forward+backward seconds of every node of the server's copy of the model.
 
         ``request`` describes the model as a ``hello`` does (without a placement). The
-        timings are of this server's device, on zero tensors of the device's shapes.
+        timings are of this server's device, on zero tensors of the device's shapes. With
+        ``optimizers`` (descriptions as in ``hello``), one step of each, rebuilt from
+        ``torch.optim`` over copies of this server's parameters, is added to the parameter
+        nodes; ``calibrate`` (default true) scales the nodes to whole forward+backward passes
+        (see :func:`lightning_split.measure.time_node_costs`). The reply's ``calibration``
+        says by how much, ``optimizer_node_s`` what each node got of the optimizer steps.
         """
-        from lightning_split.measure import measure_node_costs
+        from lightning_split.measure import time_node_costs
+        from lightning_split.session import resolve_optimizer
 
+        optimizers = request.get("optimizers", [])
+        for description in optimizers:  # refuse a malformed or foreign optimizer before any timing
+            resolve_optimizer(OptimizerSpec.from_json(description).class_name)
         with torch.random.fork_rng(devices=[]):
             traced, example = self._trace(request)
             started = time.perf_counter()
-            node_s = measure_node_costs(
+            timed = time_node_costs(
                 traced,
                 tuple(example["args"]),
                 dict(example["kwargs"]),
                 device=self.device,
                 warmup=max(0, min(int(request["warmup"]), 20)),
                 repeats=max(1, min(int(request["repeats"]), 50)),
+                calibrate=bool(request.get("calibrate", True)),
+                optimizers=optimizers,
             )
         return {
-            "node_s": node_s,
+            "node_s": timed.node_s,
+            "calibration": timed.details(),
+            "optimizer_node_s": timed.optimizer_node_s,
             "device": str(self.device),
             "hardware": hardware_name(self.device),
             "measure_s": time.perf_counter() - started,

@@ -324,7 +324,7 @@ class SplitStrategy(SingleDeviceStrategy):
             return GivenCosts(costs)
         if costs == "estimate":
             return EstimatedCosts(**self.costs_options)
-        from lightning_split.measure import ProfileCache, Profiler
+        from lightning_split.measure import ProfileCache, Profiler, describe_optimizers
 
         options = dict(self.costs_options)
         cache = options.pop("cache", None)
@@ -334,7 +334,8 @@ class SplitStrategy(SingleDeviceStrategy):
             **options,
         )
         assert self._remote is not None
-        return MeasuredCosts(self._remote, hello, args, kwargs, profiler)
+        optimizers = describe_optimizers(self.lightning_module, self.optimizers)
+        return MeasuredCosts(self._remote, hello, args, kwargs, profiler, optimizers)
 
     def _planning_link(self, traced: TracedModel) -> Link:
         """``plan_link`` if given, else the link measured over the training connection."""

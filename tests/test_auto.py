@@ -40,6 +40,11 @@ def test_measured_costs_plan_logs_and_trains_equal_to_local(tmp_path, caplog):
     assert plan.notes["costs"] == "measured"
     assert plan.notes["device_costs"].startswith("measured") and plan.notes["server_costs"].startswith("measured")
     assert plan.notes["profile_s"] > 0
+    extra = plan.profile.extra  # both sides calibrated, with the step of DagNet's SGD on the parameter nodes
+    for side in ("device", "server"):
+        assert extra[f"{side}_whole_s"] > 0 and extra[f"{side}_scale"] > 0 and extra[f"{side}_optimizer_s"] > 0
+        total = sum(getattr(n, f"{side}_s") for n in plan.profile.nodes)
+        assert total == pytest.approx(extra[f"{side}_whole_s"] + extra[f"{side}_optimizer_s"], rel=1e-9)
     text = caplog.text
     assert "lightning-split plan" in text and "(measured)" in text
     assert "vs device_only" in text and "vs server_only" in text and "vs best_layerwise" in text

@@ -18,12 +18,16 @@ from lightning_split.measure import (
     MIN_PROBE_BYTES,
     ProfileCache,
     Profiler,
+    describe_optimizers,
     measure_link,
     measure_node_costs,
     measured_profile,
     model_fields,
+    time_node_costs,
 )
 from lightning_split.profile import Link, Profile
+from lightning_split.programs import used_state
+from lightning_split.protocol import ProtocolError, RemoteError, check_op
 from lightning_split.server import EmbeddedServer, ModelHost
 from lightning_split.trace import trace_module
 from tests.models import DagNet
@@ -83,7 +87,7 @@ def test_node_costs_cover_every_node_and_are_positive_for_compute() -> None:
 
 @pytest.mark.slow
 def test_node_costs_sum_close_to_whole_forward_backward() -> None:
-    """Per-node timing adds up to the whole step within a loose factor (the machine may be shared)."""
+    """Uncalibrated per-node timing adds up to the whole step within a loose factor (the machine may be shared)."""
     torch.manual_seed(0)
     model, x = ConvNet(), torch.randn(8, 3, 32, 32)
     traced = _traced(model, x)
@@ -93,7 +97,7 @@ def test_node_costs_sum_close_to_whole_forward_backward() -> None:
     try:
         for _ in range(3):  # a burst of load from elsewhere can hit one side only
             whole = _whole_step_s(traced.graph_module, x)
-            total = sum(measure_node_costs(traced, (x,), {}, warmup=2, repeats=5).values())
+            total = sum(measure_node_costs(traced, (x,), {}, warmup=2, repeats=5, calibrate=False).values())
             whole = (whole + _whole_step_s(traced.graph_module, x)) / 2
             ratios.append(total / whole)
             if 0.5 <= ratios[-1] <= 2.0:
@@ -123,6 +127,70 @@ def test_measuring_leaves_state_mode_grads_and_rng_unchanged() -> None:
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(x, x_before)
+
+
+def test_calibrated_costs_add_up_to_the_whole_pass() -> None:
+    """Calibration scales every node by one factor so that the nodes sum to the timed whole forward+backward."""
+    torch.manual_seed(0)
+    model, x = ConvNet(), torch.randn(8, 3, 32, 32)
+    traced = _traced(model, x)
+    timed = time_node_costs(traced, (x,), {}, warmup=1, repeats=3)
+    assert timed.whole_s is not None and timed.whole_s > 0 and timed.raw_sum_s > 0
+    assert timed.scale == pytest.approx(timed.whole_s / timed.raw_sum_s, rel=1e-12)
+    assert sum(timed.node_s.values()) == pytest.approx(timed.whole_s, rel=1e-9)
+    assert timed.optimizer_s == 0.0 and not timed.optimizer_node_s
+    print(f"nodes one by one {timed.raw_sum_s * 1e3:.2f} ms, whole pass {timed.whole_s * 1e3:.2f} ms")
+
+    raw = time_node_costs(traced, (x,), {}, warmup=1, repeats=3, calibrate=False)
+    assert raw.whole_s is None and raw.scale == 1.0
+    assert sum(raw.node_s.values()) == pytest.approx(raw.raw_sum_s, rel=1e-12)
+
+
+def _param_bytes(traced, name: str) -> int:
+    params = {id(t): t for t in used_state(traced.graph_module, [name]).values() if isinstance(t, nn.Parameter)}
+    return sum(p.numel() * p.element_size() for p in params.values())
+
+
+def test_optimizer_step_goes_to_parameter_nodes_by_bytes() -> None:
+    """One optimizer step, timed on copies, is charged only to nodes whose parameters it trains, per byte."""
+    torch.manual_seed(0)
+    model, x = ConvNet(), torch.randn(8, 3, 32, 32)
+    traced = _traced(model, x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    described = describe_optimizers(model, [optimizer])
+    assert described[0]["class"] == "SGD" and described[0]["defaults"]["momentum"] == 0.9
+
+    timed = time_node_costs(traced, (x,), {}, warmup=1, repeats=3, optimizers=described)
+    shares = timed.optimizer_node_s
+    with_params = {info.name for info in traced.nodes if _param_bytes(traced, info.name)}
+    assert set(shares) == with_params == {"conv1", "bn", "conv2", "conv3", "fc"}
+    assert timed.optimizer_s > 0 and sum(shares.values()) == pytest.approx(timed.optimizer_s, rel=1e-9)
+    per_byte = {name: shares[name] / _param_bytes(traced, name) for name in shares}
+    assert max(per_byte.values()) == pytest.approx(min(per_byte.values()), rel=1e-9)
+    assert timed.whole_s is not None
+    assert sum(timed.node_s.values()) == pytest.approx(timed.whole_s + timed.optimizer_s, rel=1e-9)
+    assert all(timed.node_s[name] > shares[name] for name in shares)
+
+    head_only = torch.optim.Adam(model.fc.parameters())
+    only_fc = time_node_costs(traced, (x,), {}, warmup=1, repeats=2, optimizers=describe_optimizers(model, [head_only]))
+    assert set(only_fc.optimizer_node_s) == {"fc"} and only_fc.optimizer_s > 0
+
+
+def test_timing_optimizers_leaves_model_and_optimizer_untouched() -> None:
+    torch.manual_seed(0)
+    model, x = ConvNet(), torch.randn(8, 3, 32, 32)
+    traced = _traced(model, x)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+
+    time_node_costs(traced, (x,), {}, warmup=1, repeats=2, optimizers=describe_optimizers(model, [optimizer]))
+
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state), "parameters or buffers changed"
+    assert all(p.grad is None for p in model.parameters())
+    assert not optimizer.state, "the real optimizer took a step"
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_measuring_runs_in_train_mode() -> None:
@@ -196,6 +264,13 @@ def test_cache_key_covers_repeats_and_side(tmp_path: Path) -> None:
     assert cache.get(ProfileCache.key("f" * 64, example, "device", "cpu (2 threads)", 2, 6)) is None
     assert cache.get(ProfileCache.key("f" * 64, example, "server", "cpu (2 threads)", 2, 5)) is None
     assert cache.get(ProfileCache.key("f" * 64, example, "device", "cpu (4 threads)", 2, 5)) is None
+    assert cache.get(ProfileCache.key("f" * 64, example, "device", "cpu (2 threads)", 2, 5, calibrate=False)) is None
+    sgd = [{"class": "SGD", "defaults": {"lr": 0.1}, "groups": [{"params": ["a.weight"], "hparams": {"lr": 0.1}}]}]
+    with_sgd = ProfileCache.key("f" * 64, example, "device", "cpu (2 threads)", 2, 5, optimizers=sgd)
+    assert cache.get(with_sgd) is None
+    cache.put(with_sgd, {"x": 0.0, "a": 0.002}, 0.5, "cpu (2 threads)", {"scale": 1.25, "optimizer_s": 0.001})
+    hit = cache.get(with_sgd)
+    assert hit is not None and hit.node_s["a"] == 0.002 and hit.details == {"scale": 1.25, "optimizer_s": 0.001}
     assert not list(tmp_path.glob("*.tmp")), "a temporary file was left behind"
 
 
@@ -285,6 +360,49 @@ def test_profile_op_on_a_serve_process_times_every_node(dagnet_server, tmp_path:
     print(f"server costs: {first.describe()}; again: {second.describe()}")
 
 
+def test_profile_op_adds_the_optimizer_step_to_parameter_nodes(embedded: EmbeddedServer, tmp_path: Path) -> None:
+    """The server times the optimizers it is sent over its own parameters; the cache keeps both kinds apart."""
+    torch.manual_seed(0)
+    model, x = DagNet(), torch.randn(32, 1, 8, 8)
+    traced = _traced(model, x)
+    fields = model_fields("tests.models:DagNet", {}, traced, (x,), {})
+    described = describe_optimizers(model, [torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)])
+    remote = RemoteServer(embedded.url)
+    profiler = Profiler(ProfileCache(tmp_path), warmup=1, repeats=2)
+    request = {"op": "profile", **fields, "warmup": 1, "repeats": 2}
+    try:
+        (plain,) = remote.call([request])
+        (stepped,) = remote.call([{**request, "optimizers": described}])
+        (uncalibrated,) = remote.call([{**request, "calibrate": False}])
+        with pytest.raises(RemoteError, match=r"not a torch\.optim optimizer"):
+            remote.call([{**request, "optimizers": [{**described[0], "class": "os.system"}]}])
+        without = profiler.server_costs(remote, traced, fields)
+        with_sgd = profiler.server_costs(remote, traced, fields, described)
+    finally:
+        remote.close()
+    param_nodes = {info.name for info in traced.nodes if _param_bytes(traced, info.name)}
+    assert plain["calibration"]["optimizer_s"] == 0.0 and not plain["optimizer_node_s"]
+    assert set(stepped["optimizer_node_s"]) == param_nodes and stepped["calibration"]["optimizer_s"] > 0
+    for name in param_nodes:  # each parameter node costs its calibrated forward+backward plus its share
+        assert stepped["node_s"][name] > stepped["optimizer_node_s"][name] > 0
+    assert sum(plain["node_s"].values()) == pytest.approx(plain["calibration"]["whole_s"], rel=1e-9)
+    assert uncalibrated["calibration"]["whole_s"] is None and uncalibrated["calibration"]["scale"] == 1.0
+    assert not without.cached and not with_sgd.cached, "the optimizers must be part of the cache key"
+    assert with_sgd.details["optimizer_s"] > 0 and without.details["optimizer_s"] == 0.0
+    assert with_sgd.extras()["server_scale"] == with_sgd.details["scale"]
+
+
+def test_profile_op_fields_optimizers_and_calibrate_are_optional() -> None:
+    base = {"op": "profile", "model": "m", "init_args": {}, "fingerprint": "f", "example": {}}
+    base.update(warmup=1, repeats=1)
+    assert check_op(base) is base
+    assert check_op({**base, "optimizers": [], "calibrate": False})
+    with pytest.raises(ProtocolError, match="'calibrate' must be bool"):
+        check_op({**base, "calibrate": 1})
+    with pytest.raises(ProtocolError, match="'optimizers' must be list"):
+        check_op({**base, "optimizers": {}})
+
+
 def test_profile_builder_plans_from_measured_costs(embedded: EmbeddedServer, tmp_path: Path) -> None:
     """The hook for SplitStrategy(cut="auto"): make_plan with measured costs of both sides."""
     from lightning_split.measure import profile_builder
@@ -304,6 +422,9 @@ def test_profile_builder_plans_from_measured_costs(embedded: EmbeddedServer, tmp
     assert plan.profile.extra["link_source"] == "measured" and plan.profile.extra["estimated"] is False
     assert all(node.device_s > 0 and node.server_s > 0 for node in plan.profile.nodes if node.kind == "op")
     assert [line.split()[0] for line in lines] == ["device", "server"]
+    for side in ("device", "server"):  # the calibration is recorded in the profile
+        extra = plan.profile.extra
+        assert extra[f"{side}_scale"] == pytest.approx(extra[f"{side}_whole_s"] / extra[f"{side}_raw_sum_s"])
 
 
 # ---------------------------------------------------------------------------------------------
