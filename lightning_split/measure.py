@@ -201,26 +201,12 @@ def time_node_costs(
     inputs = pytree.tree_map(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, inputs)
     timer = _Timer(device)
     rng_devices = [device] if device.type == "cuda" else []
-    costs: dict[str, float] = {}
     whole_s = None
     with _PreservedState(gm), torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
         if train:
             for module in gm.modules():
                 module.training = True
-        values = _Capture(gm).values(inputs)
-        overhead_s, floor_s = _backward_call_overhead(timer)
-        for node in gm.graph.nodes:
-            if node.op == "placeholder":
-                costs[node.name] = 0.0
-            elif node.op in COST_OPS:
-                step = _NodeStep(gm, node, values)
-                try:
-                    seconds = _seconds(timer, step.prepare, step.run, warmup, repeats)
-                except Exception as exc:
-                    raise RuntimeError(
-                        f"timing node {node.name!r} ({node.op} {node.target}) failed: {type(exc).__name__}: {exc}"
-                    ) from exc
-                costs[node.name] = max(seconds - overhead_s, min(seconds, floor_s)) if step.differentiates else seconds
+        costs = _time_nodes(gm, inputs, timer, warmup, repeats)  # its captured activations are freed on return
         if calibrate:
             whole = _WholePass(gm, inputs)
             whole_s = _seconds(timer, whole.prepare, whole.run, warmup, repeats)
@@ -229,6 +215,28 @@ def time_node_costs(
     optimizer_node_s = _optimizer_costs(gm, optimizers, timer, warmup, repeats) if optimizers else {}
     node_s = {name: seconds * scale + optimizer_node_s.get(name, 0.0) for name, seconds in costs.items()}
     return TimedCosts(node_s, raw_sum_s, whole_s, scale, sum(optimizer_node_s.values()), optimizer_node_s)
+
+
+def _time_nodes(
+    gm: fx.GraphModule, inputs: Sequence[Any], timer: _Timer, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Forward+backward seconds of each node on its captured inputs; the per-``autograd.grad`` overhead removed."""
+    values = _Capture(gm).values(inputs)
+    overhead_s, floor_s = _backward_call_overhead(timer)
+    costs: dict[str, float] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            costs[node.name] = 0.0
+        elif node.op in COST_OPS:
+            step = _NodeStep(gm, node, values)
+            try:
+                seconds = _seconds(timer, step.prepare, step.run, warmup, repeats)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"timing node {node.name!r} ({node.op} {node.target}) failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            costs[node.name] = max(seconds - overhead_s, min(seconds, floor_s)) if step.differentiates else seconds
+    return costs
 
 
 def _normalised(device: torch.device) -> torch.device:
