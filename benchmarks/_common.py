@@ -190,3 +190,47 @@ def parallel_branches(branches: int, length: int = 2, seed: int = 0, link: Any =
     nodes.append(NodeCost("join", "op", tuple(ends), 40_000, 1e-3, 1e-4))
     link = link or Link.from_mbps(100.0, rtt_ms=2.0)
     return Profile(nodes, ["join"], link, {"model": f"parallel_branches({branches}x{length})"})
+
+
+class ServeProcess:
+    """A ``python -m lightning_split.cli serve`` child on 127.0.0.1; stderr goes to ``log_path``.
+
+    ``url`` is what the server printed it listens on; ``serve_args`` are extra ``serve`` flags
+    and ``extra_env`` extra environment variables (the repository root is put on ``PYTHONPATH``
+    so the server can import the benchmark's model class).
+    """
+
+    def __init__(
+        self, model_path: str, log_path: Path, *serve_args: str, extra_env: dict[str, str] | None = None
+    ) -> None:
+        import threading
+
+        pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": pythonpath, **(extra_env or {})}
+        self.log_path = log_path
+        self.command = [
+            sys.executable, "-m", "lightning_split.cli", "serve", "--model", model_path,
+            "--host", "127.0.0.1", "--port", "0", *serve_args,
+        ]  # fmt: skip
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r}; {log_path.read_text()[-2000:]}")
+        self.url = line.split("listening on ", 1)[1].strip()
+        # keep reading stdout so a chatty server never blocks on a full pipe
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()

@@ -41,10 +41,8 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -308,41 +306,6 @@ def steady_malloc() -> bool:
         libc.mallopt(m_mmap_threshold, int(STEADY_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]))
         and libc.mallopt(m_trim_threshold, int(STEADY_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]))
     )
-
-
-class ServeProcess:
-    """A ``python -m lightning_split.cli serve`` child on 127.0.0.1 with ``--threads``; stderr goes to a log file."""
-
-    def __init__(self, model_path: str, threads: int, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        env.update(extra_env or {})
-        self.log_path = log_path
-        self.command = [
-            sys.executable, "-m", "lightning_split.cli", "serve", "--model", model_path,
-            "--host", "127.0.0.1", "--port", "0", "--threads", str(threads),
-        ]  # fmt: skip
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            self.stop()
-            raise RuntimeError(f"server did not start: {line!r}; {log_path.read_text()[-2000:]}")
-        self.url = line.split("listening on ", 1)[1].strip()
-        # keep reading stdout so a chatty server never blocks on a full pipe
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -719,8 +682,14 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(tempfile.gettempdir()) / f"lightning-split-prediction-server-{os.getpid()}.log"
     if args.steady_malloc and not steady_malloc():
         parser.error("--steady-malloc needs glibc")
+    from _common import ServeProcess
+
     server = ServeProcess(
-        setup.model_path, setup.server_threads, log_path, STEADY_MALLOC_ENV if args.steady_malloc else None
+        setup.model_path,
+        log_path,
+        "--threads",
+        str(setup.server_threads),
+        extra_env=STEADY_MALLOC_ENV if args.steady_malloc else None,
     )
     print(
         f"{setup.model_text}\ndevice: this process, {torch.get_num_threads()} torch thread(s); server: "

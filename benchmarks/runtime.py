@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -156,27 +155,6 @@ def _fit(model_cls: type, strategy: Any, steps: int) -> tuple[StepTimer, Any]:
     return timer, strategy
 
 
-def _start_server(log_path: Path) -> tuple[subprocess.Popen[str], str, Any]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env["MKL_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    log = open(log_path, "w")  # noqa: SIM115 - closed by the caller with the process
-    cmd = [sys.executable, "-m", "lightning_split.cli", "serve", "--model", MODEL_PATH, "--port", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("listening on "):
-            return proc, line.split("listening on ", 1)[1].strip(), log
-    proc.kill()
-    log.close()
-    raise RuntimeError(f"server did not start; see {log_path}: {log_path.read_text()[-2000:]}")
-
-
 def _server_step_estimate(model_cls: type, cut: str, repeats: int = 15) -> float | None:
     """Median seconds of the server's SGD step (momentum) for a top-level cut, timed in this process.
 
@@ -238,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         f"(+{args.warmup} warm-up) per config; torch threads: 1 here, OMP_NUM_THREADS=1 for the server",
         flush=True,
     )
-    proc, url, log = _start_server(log_path)
-    print(f"server process pid {proc.pid} at {url}", flush=True)
+    from _common import ServeProcess
+
+    server = ServeProcess(MODEL_PATH, log_path, extra_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    url = server.url
+    print(f"server process pid {server.proc.pid} at {url}", flush=True)
 
     configs: dict[str, Any] = {
         "local": lambda: None,
@@ -264,12 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"  round {r + 1} {name:<15} median {statistics.median(timer.times[args.warmup :]) * 1e3:8.1f} ms"
                 )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
     elapsed = time.perf_counter() - started
     server_step = _server_step_estimate(model_cls, cut)
 
@@ -351,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps_per_fit": per_fit,
         "warmup_steps_per_fit": args.warmup,
         "threads": {"trainer": torch.get_num_threads(), "server_env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}},
-        "server": {"url": url, "command": f"python -m lightning_split.cli serve --model {MODEL_PATH} --port 0"},
+        "server": {"url": url, "command": " ".join(["python", *server.command[1:]])},
         "target_ratio": TARGET_RATIO,
         "machine": _machine_info(),
         "elapsed_s": elapsed,
