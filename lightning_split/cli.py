@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_split.profile import DEFAULT_LINK
+
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 logger = logging.getLogger("lightning_split.cli")
 
@@ -156,8 +158,8 @@ _MODEL_ONLY = (
     ("rtt_ms", "--rtt-ms"),
     ("out", "--out"),
 )
-_DEFAULT_UPLINK_MBPS = 100.0
-_DEFAULT_RTT_MS = 2.0
+_DEFAULT_UPLINK_MBPS = DEFAULT_LINK.uplink_bytes_per_s * 8 / 1e6
+_DEFAULT_RTT_MS = DEFAULT_LINK.rtt_s * 1e3
 
 
 def _add_plan_parser(commands: Any) -> None:
@@ -441,7 +443,7 @@ the profile says so in its fields server_s_source and link_source. Node costs ar
 $LIGHTNING_SPLIT_CACHE (default ~/.cache/lightning-split), keyed by model graph, batch shape,
 hardware and torch version, so measuring the same setup again is immediate.
 """
-_DEFAULT_PROFILE_LINK = "100mbit,2ms"
+_DEFAULT_PROFILE_LINK = f"{_DEFAULT_UPLINK_MBPS:g}mbit,{_DEFAULT_RTT_MS:g}ms"
 
 
 def _add_profile_parser(commands: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from torch import fx, nn
 
 from lightning_split import planner
-from lightning_split.profile import Link, NodeCost, Profile, ProfileError
+from lightning_split.profile import DEFAULT_LINK, Link, NodeCost, Profile, ProfileError
 from lightning_split.programs import (
     SplitError,
     SplitSpec,
@@ -40,9 +40,6 @@ from lightning_split.trace import TracedModel, trace_module
 
 ProfileBuilder = Callable[[TracedModel, Link], Profile]
 LinkSource = Callable[[TracedModel], Link]
-
-#: Link assumed for planning when none is given or measured: a Wi-Fi-class edge link.
-DEFAULT_LINK = Link.from_mbps(100.0, 100.0, rtt_ms=2.0)
 
 
 @dataclass

@@ -87,6 +87,9 @@ class Link:
         }
 
 
+#: Link assumed when none is given or measured: a Wi-Fi-class edge link, 100 Mbit/s each way, 2 ms rtt.
+DEFAULT_LINK = Link.from_mbps(100.0, 100.0, rtt_ms=2.0)
+
 _RATE_UNITS = {
     "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8,
     "bps": 1 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
