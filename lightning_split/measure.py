@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -418,12 +417,12 @@ class _OptimizerStep:
     """
 
     def __init__(self, description: Mapping[str, Any], by_key: Mapping[str, torch.Tensor]) -> None:
-        from lightning_split.session import OptimizerSpec, SessionError, _from_wire, resolve_optimizer
+        from lightning_split.session import OptimizerSpec, resolve_optimizer
 
         spec = OptimizerSpec.from_json(description)
-        cls = resolve_optimizer(spec.class_name)
+        resolve_optimizer(spec.class_name)  # refuse a class that is not torch.optim before anything is copied
         self.originals: list[torch.Tensor] = []
-        groups = []
+        params_per_group: list[list[torch.Tensor]] = []
         taken: set[int] = set()
         for group in spec.groups:
             params = []
@@ -436,16 +435,10 @@ class _OptimizerStep:
                 duplicate = original.detach().clone().requires_grad_(True)
                 duplicate.grad = torch.ones_like(duplicate)
                 params.append(duplicate)
-            if params:
-                groups.append({"params": params, **{k: _from_wire(v) for k, v in group["hparams"].items()}})
+            params_per_group.append(params)
         self.optimizer: torch.optim.Optimizer | None = None
-        if groups:
-            accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
-            defaults = {k: _from_wire(v) for k, v in spec.defaults.items() if k in accepted}
-            try:
-                self.optimizer = cls(groups, **defaults)
-            except (TypeError, ValueError) as exc:
-                raise SessionError(f"cannot rebuild {spec.class_name} to time its step: {exc}") from exc
+        if self.originals:
+            self.optimizer = spec.build(params_per_group, "to time its step")
 
     def run(self, _: None) -> None:
         assert self.optimizer is not None

@@ -65,6 +65,24 @@ class OptimizerSpec:
     def to_json(self) -> dict[str, Any]:
         return {"class": self.class_name, "defaults": self.defaults, "groups": self.groups}
 
+    def build(self, params_per_group: Sequence[Sequence[torch.Tensor]], where: str) -> torch.optim.Optimizer:
+        """This optimizer (``torch.optim`` class, defaults, each group's hyperparameters) over the given tensors.
+
+        ``params_per_group`` has one (possibly empty) list per group of the description;
+        ``where`` completes the error message ("on the server").
+        """
+        cls = resolve_optimizer(self.class_name)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+        defaults = {k: _from_wire(v) for k, v in self.defaults.items() if k in accepted}
+        groups = [
+            {"params": list(params), **{k: _from_wire(v) for k, v in group["hparams"].items()}}
+            for params, group in zip(params_per_group, self.groups)
+        ]
+        try:
+            return cls(groups, **defaults)
+        except (TypeError, ValueError) as exc:
+            raise SessionError(f"cannot rebuild {self.class_name} {where}: {exc}") from exc
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> OptimizerSpec:
         try:
@@ -144,21 +162,12 @@ class ServerSession:
         self.compute_s = 0.0
 
     def _mirror(self, spec: OptimizerSpec) -> _Mirror:
-        cls = resolve_optimizer(spec.class_name)
+        resolve_optimizer(spec.class_name)  # refuse a class that is not torch.optim even with no server params
         keys = [[key for key in group["params"] if key in self.params] for group in spec.groups]
         all_keys = [key for group in keys for key in group]
         if not all_keys:
             return _Mirror(None, keys, all_keys)
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
-        defaults = {k: _from_wire(v) for k, v in spec.defaults.items() if k in accepted}
-        groups = [
-            {"params": [self.params[key] for key in group_keys], **{k: _from_wire(v) for k, v in g["hparams"].items()}}
-            for group_keys, g in zip(keys, spec.groups)
-        ]
-        try:
-            optimizer = cls(groups, **defaults)
-        except (TypeError, ValueError) as exc:
-            raise SessionError(f"cannot rebuild {spec.class_name} on the server: {exc}") from exc
+        optimizer = spec.build([[self.params[key] for key in group_keys] for group_keys in keys], "on the server")
         return _Mirror(optimizer, keys, all_keys)
 
     def _optimizer(self, index: int) -> _Mirror:
