@@ -247,11 +247,13 @@ class RemoteServer:
             )
         if pending[-1][0] != seq:
             raise protocol.ProtocolError(f"replay log ends at request {pending[-1][0]}, not {seq}")
-        for _, earlier in pending[:-1]:
-            reply = self._exchange(earlier)
-            payload = wire.decode(reply, self.protocol.limits)
-            if "error" in payload:
-                raise ConnectionFailed(f"replaying a request after the server restarted failed: {payload['error']}")
+        for earlier_seq, earlier in pending[:-1]:
+            try:
+                self.protocol.receive(self._exchange(earlier), earlier_seq, 0)
+            except protocol.RemoteError as exc:
+                raise ConnectionFailed(
+                    f"replaying request {earlier_seq} after the server restarted failed: {exc.message}"
+                ) from exc
         return self._exchange(pending[-1][1])
 
     def _drop_socket(self) -> None:
