@@ -1,7 +1,7 @@
 """Training-delay benchmark: predicted step time of the optimal split against the classic partitioners.
 
 For Jetson-class devices paired with GPU edge servers, over uplinks of 1 to 1000 Mbit/s, it
-computes the predicted training step time ``T`` (``SPEC.md`` section 1: forward + backward
+computes the predicted training step time ``T`` (``docs/cost-model.md``: forward + backward
 on both sides, activations up and their gradients down, two round trips) of:
 
 - ``optimal``: the exact minimum cut of :func:`lightning_split.planner.plan` (``blockwise``),
@@ -64,7 +64,7 @@ STREAM-like copies reach), and 15 us per kernel on the x86-hosted servers. The J
 from slower ARM cores (Cortex-A57 on Nano and TX2, Carmel on Xavier NX, Cortex-A78AE on Orin),
 assumed 1.3 to 2.7 times slower; no Jetson was measured.
 
-Two node cost models (seconds of forward + backward for one batch, as ``SPEC.md`` defines):
+Two node cost models (seconds of forward + backward for one batch, as ``docs/cost-model.md`` defines):
 
 ``flops``
     :func:`lightning_split.estimate.estimate_profile` with ``device_gflops`` and
@@ -79,7 +79,7 @@ Two node cost models (seconds of forward + backward for one batch, as ``SPEC.md`
     the input and parameter gradients, about twice the forward's traffic. ``kernels`` is 3 for a
     node with parameters (forward, input gradient, weight gradient), 2 otherwise. Views
     (flatten, reshape, getitem, identity) move no data and cost nothing. The optimiser step is
-    left out (``SPEC.md`` costs forward + backward only).
+    left out (``docs/cost-model.md`` costs forward + backward only).
 
 Inference costs (for the DADS- and Neurosurgeon-style baselines): the forward terms only (a
 third of the work and traffic, one kernel) and a link that charges ``out_bytes / uplink`` per

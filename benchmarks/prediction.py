@@ -4,7 +4,7 @@ Real split training on loopback against a ``lightning-split serve`` subprocess, 
 limited by the client's emulator (``SplitStrategy(link="20mbit,2ms")``) to a few bandwidths.
 For each bandwidth the strategy plans with ``cut="auto"``: node costs measured on both sides
 (cached on disk), the link measured over the limited connection. The measured median step
-time is compared with the plan's predicted step time (``SPEC.md`` section 1), and the
+time is compared with the plan's predicted step time (``docs/cost-model.md``), and the
 placement chosen is compared with the best placement for the *emulated* link (the same node
 costs planned again with the limit itself instead of the measured link).
 
@@ -345,7 +345,7 @@ def device_nodes(profile: Any, server_nodes: Sequence[str]) -> list[str]:
 def predicted(profile: Any, server_nodes: Sequence[str]) -> dict[str, float]:
     """The predicted step time of a placement, its breakdown, and the bytes the cost model sends each way per step.
 
-    SPEC section 1 charges every crossing tensor up and its gradient down, and every server
+    The cost model (``docs/cost-model.md``) charges every crossing tensor up and its gradient down, and every server
     output down and its gradient up, so the bytes are the same both ways.
     """
     from lightning_split import planner

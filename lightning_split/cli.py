@@ -1,6 +1,7 @@
 """``lightning-split``: the command line (``serve``, ``plan``, ``profile``).
 
-See ``SPEC.md`` section 3 for the contract and ``README.md`` for examples.
+See ``docs/profile-format.md`` for the profile file and the ``plan --json`` object, and
+``README.md`` for examples.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 _PLAN_HELP = """\
-Plan the device/server placement of minimum predicted step time (SPEC.md sections 1 and 3).
+Plan the device/server placement of minimum predicted step time (docs/cost-model.md).
 
 From a profile file:   lightning-split plan PROFILE.json [--method blockwise|full] [--json]
 From a model (estimated from FLOPs, nothing is measured):
@@ -178,7 +179,7 @@ def _add_plan_parser(commands: Any) -> None:
         default="blockwise",
         help="blockwise (series decomposition, fast) or full (one min cut); both are exact (default: blockwise)",
     )
-    plan.add_argument("--json", action="store_true", help="print one JSON object (SPEC.md section 3), not a table")
+    plan.add_argument("--json", action="store_true", help="print one JSON object (docs/profile-format.md), not a table")
     plan.add_argument(
         "--plot",
         metavar="FILE.png|FILE.svg",
@@ -436,7 +437,7 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 _PROFILE_HELP = """\
 Measure forward+backward seconds of every node on this machine and, with --server, on the
 server (which times its own copy of the model), plus the link; write a profile that
-`lightning-split plan PROFILE.json` plans (SPEC.md sections 2 and 3).
+`lightning-split plan PROFILE.json` plans (format: docs/profile-format.md).
 
 Without --server the server's costs are estimated from FLOPs and the link is assumed (--link);
 the profile says so in its fields server_s_source and link_source. Node costs are cached in

@@ -10,7 +10,7 @@ The optimal cut is only as good as the costs it is computed from. This module me
 - :class:`ProfileCache` keeps node costs on disk, keyed by graph fingerprint, batch shapes,
   side, hardware and torch version, so the second start of the same model skips measuring.
 - :class:`Profiler` gets node costs for both sides, from the cache or by measuring, and says
-  how long it took; :func:`measured_profile` assembles a SPEC ``Profile`` from them.
+  how long it took; :func:`measured_profile` assembles a ``Profile`` from them.
 
 How a node is timed: the graph runs once under an ``fx.Interpreter`` to capture every node's
 inputs. Then, node by node, the node's own call (module, function or method) runs on fresh
@@ -184,7 +184,7 @@ def time_node_costs(
     Returns:
         A :class:`TimedCosts` whose ``node_s`` holds every node of ``traced.nodes``, in graph
         order; placeholders (model inputs) cost 0.0. ``get_attr`` and ``output`` are not cost
-        nodes (SPEC section 1).
+        nodes (``docs/cost-model.md``).
 
     Raises:
         ValueError: ``warmup`` is negative or ``repeats`` is below 1.
@@ -1011,7 +1011,7 @@ def measured_profile(
     link: Link,
     extra: Mapping[str, Any] | None = None,
 ) -> Profile:
-    """A SPEC profile of ``traced`` with the given node costs and link.
+    """A profile (``docs/profile-format.md``) of ``traced`` with the given node costs and link.
 
     Node fields (kind, inputs, out_bytes, and the ``op``/``module``/``flops``/``shape`` extras)
     are those of :func:`~lightning_split.estimate.estimate_profile`; only the costs differ.

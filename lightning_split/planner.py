@@ -1,6 +1,6 @@
 """Optimal device/server placement: the minimum s-t cut of a profile's cost graph.
 
-The planner minimises ``T(D, S)`` of ``SPEC.md`` section 1 over feasible placements: every
+The planner minimises ``T(D, S)`` of ``docs/cost-model.md`` over feasible placements: every
 ``"input"`` node on the device, no edge from the server back to the device, and the user's
 pins respected. Two exact methods solve it, and a few baselines give something to compare to.
 
@@ -116,7 +116,7 @@ pins respected. Two exact methods solve it, and a few baselines give something t
     off the middle of the graph and compare both methods with :func:`exhaustive`.
 
 Baselines: ``"device_only"``, ``"server_only"`` and ``"best_layerwise"`` (the best feasible prefix
-of the profile order), as defined in ``SPEC.md`` section 1. ``"exhaustive"`` enumerates every
+of the profile order), as defined in ``docs/cost-model.md``. ``"exhaustive"`` enumerates every
 feasible placement; it is a test oracle for small graphs.
 """
 
@@ -170,7 +170,7 @@ class PlanningError(ValueError):
 
 @dataclass(frozen=True)
 class Breakdown:
-    """The five terms of ``T(D, S)`` (``SPEC.md`` section 1), in seconds per training step.
+    """The five terms of ``T(D, S)`` (``docs/cost-model.md``), in seconds per training step.
 
     Attributes:
         device_s: forward + backward time of the device nodes.
@@ -225,7 +225,7 @@ class Plan:
     solve_s: float
 
     def to_json(self, baselines: dict[str, float] | None = None) -> dict[str, Any]:
-        """The ``plan --json`` object of ``SPEC.md`` section 3.
+        """The ``plan --json`` object of ``docs/profile-format.md``.
 
         ``baselines`` (see :func:`baselines`) fills the ``"baselines"`` key; without it the key
         is left out, since a plan alone does not know the costs of the other placements.
@@ -290,7 +290,7 @@ def _breakdown(
 
 
 def step_time(profile: Profile, device: Iterable[str]) -> Breakdown:
-    """Predicted step time of any placement, feasible or not (``T`` of ``SPEC.md`` section 1).
+    """Predicted step time of any placement, feasible or not (``T`` of ``docs/cost-model.md``).
 
     Parameters:
         profile: the cost graph and link.

@@ -5,7 +5,7 @@ it consumes, the bytes it produces for one training batch and its forward+backwa
 on the device and on the server, plus the link between them. It is plain data (no torch),
 so a profile measured on a device can be planned on a laptop.
 
-The JSON form is fixed by ``SPEC.md`` section 2. Unknown fields are kept in ``extra`` and
+The JSON form is described in ``docs/profile-format.md``. Unknown fields are kept in ``extra`` and
 written back, so tools can attach module paths, FLOPs or hardware names freely.
 """
 

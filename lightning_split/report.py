@@ -77,7 +77,7 @@ def render_plan(profile: Profile, plan: Plan, baselines: Mapping[str, float], ti
 
     Sections: what was planned (model or profile name, node count, link, how many nodes run
     where), the cut (each crossing tensor's node, shape when the profile records one, and
-    size), where the predicted step time goes (the five terms of ``SPEC.md`` section 1 and
+    size), where the predicted step time goes (the five terms of ``docs/cost-model.md`` and
     their total), the plan against each baseline (ms and the reduction), and the solve time.
 
     Args:

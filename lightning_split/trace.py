@@ -11,7 +11,7 @@ Design points:
 
 - *Cost nodes* are the fx placeholders and ``call_module`` / ``call_function`` /
   ``call_method`` nodes. ``get_attr`` nodes (parameters, buffers, constants) are not nodes
-  of the cost graph (SPEC section 1); the nodes that read them list them in ``params``.
+  of the cost graph (``docs/cost-model.md``); the nodes that read them list them in ``params``.
 - Non-tensor arguments of ``forward`` (flags, ``None``, ints, strings), including defaults
   that were not passed, are fixed at their example values while tracing so Python branches
   on them resolve. They get no placeholder: ``graph_module`` takes only the tensor

@@ -1,4 +1,4 @@
-"""`lightning-split plan`: SPEC section 3 (JSON contract, table, --out round trip, one-line errors)."""
+"""`lightning-split plan`: docs/profile-format.md (the --json object, table, --out round trip, one-line errors)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ DAGNET = ["--model", "tests.models:DagNet", "--input-shape", "4,1,8,8"]
 KEYS = {"method", "device", "server", "cut", "predicted_step_s", "breakdown", "baselines", "solve_s"}
 TERMS = {"device_s", "server_s", "upload_s", "download_s", "rtt_s"}
 
-# SPEC.md section 2, verbatim: its "outputs" names "fc", a node the excerpt leaves out.
+# The profile example of the original interface contract (the format: docs/profile-format.md), verbatim: its
+# "outputs" names "fc", a node the excerpt leaves out.
 SPEC_EXAMPLE = {
     "format": "lightning-split-profile/1",
     "link": {"uplink_bytes_per_s": 12500000.0, "downlink_bytes_per_s": 62500000.0, "rtt_s": 0.004},
@@ -50,7 +51,7 @@ def write(path: Path, data: dict) -> str:
 
 
 def check_consistent(result: dict, profile: Profile, method: str) -> None:
-    """The SPEC section 3 keys, a partition of the nodes, the cut, T and the baselines as the planner computes them."""
+    """The plan --json keys, a partition of the nodes, the cut, T and the baselines as the planner computes them."""
     assert set(result) == KEYS
     assert set(result["breakdown"]) == TERMS
     assert set(result["baselines"]) == {"device_only", "server_only", "best_layerwise"}
