@@ -331,6 +331,7 @@ class SplitServer:
                 try:
                     message = await asyncio.wait_for(websocket.recv(), self.policy.idle_timeout)
                 except TimeoutError:
+                    log.info("closing a connection idle for %g s (its session is kept)", self.policy.idle_timeout)
                     await websocket.close(1001, f"idle for {self.policy.idle_timeout:g} s; reconnect to resume")
                     break
                 reply = await loop.run_in_executor(

@@ -1,48 +1,40 @@
-"""Shared fixtures: real `lightning-split serve` processes on 127.0.0.1."""
+"""Session set-up: no state outside temporary directories, and real `serve` processes on 127.0.0.1.
+
+Before anything is collected, ``LIGHTNING_SPLIT_CACHE`` (and matplotlib's config directory)
+point into a fresh temporary directory of this run, removed at the end, so no verdict depends
+on, and no test writes to, the user's ``~/.cache``. Child processes inherit the environment.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
+import shutil
+import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ServeProcess
+
+ISOLATED = {"LIGHTNING_SPLIT_CACHE": "lightning-split-cache", "MPLCONFIGDIR": "matplotlib"}
+_state: dict[str, object] = {}
 
 
-class ServeProcess:
-    """A `lightning-split serve` child process; `url` is what it printed it listens on."""
+def pytest_configure(config: pytest.Config) -> None:
+    root = tempfile.mkdtemp(prefix="lightning-split-tests-")
+    _state["root"], _state["saved"] = root, {name: os.environ.get(name) for name in ISOLATED}
+    for name, folder in ISOLATED.items():
+        os.environ[name] = os.path.join(root, folder)
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        command = [sys.executable, "-m", "lightning_split.cli", "serve", "--port", "0", *args]
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.stderr: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r} {''.join(self.stderr)}")
-        self.url = line.split()[-1]
 
-    def _drain(self) -> None:
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for name, value in _state.get("saved", {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if "root" in _state:
+        shutil.rmtree(_state["root"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

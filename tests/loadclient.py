@@ -15,8 +15,8 @@ import torch
 
 def main(url: str, seed: int) -> dict:
     from lightning_split import SplitStrategy
+    from tests.helpers import trainer
     from tests.models import DagNet, loader
-    from tests.test_equivalence import trainer
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import lightning_split
 from lightning_split import SplitStrategy
 from lightning_split.protocol import RemoteError
+from tests.helpers import assert_same_parameters, trainer
 from tests.models import DagNet, loader
-from tests.test_equivalence import assert_same_parameters, trainer
 
 
 def test_split_checkpoint_loads_into_plain_module(tmp_path):

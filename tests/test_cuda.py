@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import ServeProcess
-from tests.test_equivalence import assert_same_parameters, fit_pair
+from tests.helpers import ServeProcess, assert_same_parameters, fit_pair
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the server")
 

@@ -9,48 +9,8 @@ import pytest
 import torch
 
 from lightning_split import SplitStrategy
+from tests.helpers import assert_same_parameters, fit_pair, trainer
 from tests.models import DagNet, loader
-
-STEPS = 20
-
-
-def trainer(strategy=None, **kwargs) -> L.Trainer:
-    options = dict(
-        max_steps=STEPS,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
-    options.update(kwargs)
-    if strategy is not None:
-        options["strategy"] = strategy
-    return L.Trainer(**options)
-
-
-def fit_pair(model_kwargs: dict, trainer_kwargs: dict, server: str | None, cut="b"):
-    torch.manual_seed(0)
-    local = DagNet(**model_kwargs)
-    split = copy.deepcopy(local)
-    torch.manual_seed(1)
-    trainer(**trainer_kwargs).fit(local, loader())
-    strategy = SplitStrategy(server=server, cut=cut)
-    torch.manual_seed(1)
-    trainer(strategy, **trainer_kwargs).fit(split, loader())
-    return local, split, strategy
-
-
-def assert_same_parameters(local, split, atol=1e-5):
-    local_state, split_state = local.state_dict(), split.state_dict()
-    assert local_state.keys() == split_state.keys()
-    for key, value in local_state.items():
-        assert split_state[key].shape == value.shape, key
-        torch.testing.assert_close(split_state[key], value, atol=atol, rtol=0, msg=f"{key} differs")
-
 
 CASES = {
     "sgd_momentum": ({"optimizer": "sgd", "momentum": 0.9}, {}),
@@ -114,12 +74,13 @@ def test_tied_weights_stay_on_one_side_and_train_equal():
     split = copy.deepcopy(local)
     torch.manual_seed(1)
     trainer().fit(local, loader())
-    strategy = SplitStrategy(pin_server=["l2"])
+    # Estimated costs over a given slow link: the device would keep everything up to l2, but l2 is
+    # pinned to the server and shares its weight with l1, so l1 must go too: the cut is before l1.
+    strategy = SplitStrategy(pin_server=["l2"], costs="estimate", plan_link="1mbit,50ms")
     torch.manual_seed(1)
     trainer(strategy).fit(split, loader())
-    server = set(strategy.plan.spec.server_nodes)
-    assert {"l1", "l2"} <= server, "both users of the tied weight must be on the server"
-    assert "inp" not in server or strategy.plan.spec.cut == ("x",)
+    assert strategy.plan.spec.cut == ("inp",)
+    assert strategy.plan.spec.server_nodes == ("relu", "l1", "relu_1", "l2", "relu_2", "head")
     assert_same_parameters(local, split)
     assert split.l1.weight is split.l2.weight
     with pytest.raises(SplitError, match="tied tensor"):

@@ -15,7 +15,7 @@ import torch
 
 from examples import _cifar
 from lightning_split import Link
-from tests.conftest import ROOT, ServeProcess
+from tests.helpers import ROOT, ServeProcess
 
 QUICK = ["--limit-batches", "2", "--batch-size", "4", "--synthetic-size", "16"]
 

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from lightning_split import SplitStrategy, protocol, wire
-from tests.conftest import ServeProcess
 from tests.faultproxy import FaultProxy
-from tests.test_equivalence import assert_same_parameters, trainer
+from tests.helpers import ServeProcess, assert_same_parameters, trainer
 
 pytestmark = pytest.mark.slow
 
@@ -127,10 +126,17 @@ def test_server_killed_and_restarted_with_state_dir_resumes_exactly(tmp_path, ca
 
 
 def test_idle_connection_closed_by_server_resumes_transparently(caplog):
-    server = ServeProcess("--model", "tests.models:DagNet", "--idle-timeout", "0.3")
+    server = ServeProcess("--model", "tests.models:DagNet", "--idle-timeout", "0.3", verbose=True)
     local, split, loader = _local_and_copy({"optimizer": "sgd"})
+
+    def until_the_server_closed_the_idle_connection() -> None:
+        deadline = time.monotonic() + 120  # an event to wait for, not a duration to guess: see the log line
+        while not any("idle for 0.3 s" in line for line in server.stderr):
+            assert time.monotonic() < deadline, "the server never closed the idle connection"
+            time.sleep(0.05)
+
     try:
-        pause = AtBatches("before_backward", {4: lambda: time.sleep(0.8)})
+        pause = AtBatches("before_backward", {4: until_the_server_closed_the_idle_connection})
         torch.manual_seed(1)
         trainer(SplitStrategy(server=server.url, cut="b"), callbacks=[pause]).fit(split, loader())
     finally:

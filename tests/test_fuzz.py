@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from lightning_split import wire
 from lightning_split.protocol import OPS, VERSION, encode_request
-from tests.test_equivalence import assert_same_parameters, fit_pair
-from tests.test_security import _open_session
+from tests.helpers import assert_same_parameters, fit_pair, open_session
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +116,7 @@ def test_fuzzed_messages_get_error_replies_and_the_server_still_trains_exactly(d
 
         without_session()
 
-    runtime, _, _ = _open_session(dagnet_server.url)
+    runtime, _, _ = open_session(dagnet_server.url)
     socket = runtime.remote._socket
 
     @SETTINGS

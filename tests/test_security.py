@@ -12,12 +12,9 @@ from websockets.sync.client import connect
 
 from lightning_split import SplitStrategy, wire
 from lightning_split.client import ConnectionFailed, RemoteServer
-from lightning_split.plans import make_plan
 from lightning_split.protocol import RemoteError, encode_request
-from lightning_split.runtime import SplitRuntime
-from tests.conftest import ServeProcess
-from tests.models import DagNet, digits, loader
-from tests.test_equivalence import assert_same_parameters, fit_pair, trainer
+from tests.helpers import ServeProcess, assert_same_parameters, fit_pair, open_session, trainer
+from tests.models import DagNet, loader
 
 
 def self_signed(directory) -> tuple[str, str]:
@@ -94,22 +91,8 @@ def test_wrong_and_missing_tokens_get_401_before_anything_runs(tmp_path):
         server.stop()
 
 
-def _open_session(url: str) -> tuple[SplitRuntime, torch.Tensor, list[tuple[int, ...]]]:
-    torch.manual_seed(0)
-    model = DagNet()
-    images = digits(32).tensors[0]
-    plan = make_plan(model, (images,), {}, cut="b")
-    hello = {"model": "tests.models:DagNet", "init_args": dict(model.hparams), **plan.hello_fields()}
-    runtime = SplitRuntime(
-        model, plan.graph_module, plan.spec, RemoteServer(url), hello, graph_args=plan.traced.graph_args
-    )
-    runtime.open([torch.optim.SGD(model.parameters(), lr=0.1)])
-    cut_shapes = [plan.traced.node(name).out_meta[1] for name in plan.spec.cut]
-    return runtime, images, cut_shapes
-
-
 def test_values_are_checked_against_the_plan_and_a_bad_request_ends_only_itself(dagnet_server):
-    runtime, images, cut_shapes = _open_session(dagnet_server.url)
+    runtime, images, cut_shapes = open_session(dagnet_server.url)
     remote = runtime.remote
     expected = runtime.forward(images)  # a good forward first
     good = [torch.zeros(shape) for shape in cut_shapes]
@@ -147,9 +130,9 @@ def test_values_are_checked_against_the_plan_and_a_bad_request_ends_only_itself(
 def test_max_sessions_and_message_size_limits():
     server = ServeProcess("--model", "tests.models:DagNet", "--max-sessions", "1", "--max-message-mb", "1")
     try:
-        first, images, _ = _open_session(server.url)
+        first, images, _ = open_session(server.url)
         with pytest.raises(RemoteError, match=r"maximum.*--max-sessions"):
-            _open_session(server.url)
+            open_session(server.url)
         with connect(server.url, proxy=None, compression=None) as ws:
             ws.send(b"\x00" * (2 * 2**20))
             with pytest.raises(ConnectionClosed) as info:
@@ -157,7 +140,7 @@ def test_max_sessions_and_message_size_limits():
             assert info.value.rcvd is not None and info.value.rcvd.code == 1009  # message too big
         first.forward(images)  # the open session is untouched
         first.close()
-        second, images, _ = _open_session(server.url)  # closing freed the slot
+        second, images, _ = open_session(server.url)  # closing freed the slot
         second.close()
     finally:
         server.stop()

@@ -10,9 +10,8 @@ from websockets.sync.client import connect
 from lightning_split import SplitStrategy, wire
 from lightning_split.client import ConnectionFailed
 from lightning_split.protocol import encode_request
-from tests.conftest import ServeProcess
+from tests.helpers import ServeProcess, trainer
 from tests.models import DagNet, loader
-from tests.test_equivalence import trainer
 
 
 def error_of(reply: bytes) -> str:

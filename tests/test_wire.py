@@ -8,7 +8,6 @@ import json
 import math
 import re
 import struct
-import time
 import tokenize
 from collections import namedtuple
 from pathlib import Path
@@ -162,17 +161,13 @@ def test_decode_accepts_bytes_like_inputs() -> None:
         assert torch.equal(decode(variant)["t"], torch.arange(5))
 
 
-def test_large_tensor_round_trip_is_bit_exact_and_fast() -> None:
-    x = torch.randn(16 * 2**20)  # 64 MiB
-    start = time.perf_counter()
+def test_large_tensor_round_trip_is_bit_exact() -> None:
+    """64 MiB through encode and decode, bit for bit (throughput: ``benchmarks/wire.py``)."""
+    x = torch.randn(16 * 2**20)
     data = encode({"x": x})
-    middle = time.perf_counter()
     y = decode(data)["x"]
-    end = time.perf_counter()
     assert len(data) < x.nbytes + 256
     assert torch.equal(_raw(x), _raw(y))
-    # a memcpy-bound path does GB/s; 100 MB/s would mean an extra Python-level pass over the data
-    assert 64 / (middle - start) > 100 and 64 / (end - middle) > 100
 
 
 # --------------------------------------------------------------------------- the documented layout
