@@ -112,7 +112,7 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int
 
 
 def residual_stack(nodes: int, seed: int = 0, link: Any = None, side_nodes: bool = False) -> Any:
-    """A ResNet-like :class:`~lightning_split.profile.Profile` of exactly ``nodes`` nodes, built without torch.
+    """A ResNet-like :class:`~lightning_split.planning.profile.Profile` of exactly ``nodes`` nodes, built without torch.
 
     Stem (input, conv, bn, relu, maxpool), bottleneck blocks of 10 nodes (three conv/bn pairs,
     two relus, the residual add joining the block input, a relu), head (avgpool, flatten, a few
@@ -126,7 +126,7 @@ def residual_stack(nodes: int, seed: int = 0, link: Any = None, side_nodes: bool
     (ViT's attention weights). Blocks then have 15 nodes. Used by the planner benchmark and
     the planner tests (default link: 100 Mbit/s up and down, 2 ms rtt).
     """
-    from lightning_split.profile import Link, NodeCost, Profile
+    from lightning_split.planning.profile import Link, NodeCost, Profile
 
     stem_and_head = 8
     block_size = 15 if side_nodes else 10
@@ -173,7 +173,7 @@ def parallel_branches(branches: int, length: int = 2, seed: int = 0, link: Any =
     the branches, so brute force grows exponentially with its size while a min cut does not;
     its only boundaries are the input, the join and the head, so blockwise cannot split it.
     """
-    from lightning_split.profile import Link, NodeCost, Profile
+    from lightning_split.planning.profile import Link, NodeCost, Profile
 
     rng = random.Random(seed)
     nodes = [NodeCost("x", "input", (), 602_112, 0.0, 0.0)]

@@ -4,7 +4,7 @@ For Jetson-class devices paired with GPU edge servers, over uplinks of 1 to 1000
 computes the predicted training step time ``T`` (``docs/cost-model.md``: forward + backward
 on both sides, activations up and their gradients down, two round trips) of:
 
-- ``optimal``: the exact minimum cut of :func:`lightning_split.planner.plan` (``blockwise``),
+- ``optimal``: the exact minimum cut of :func:`lightning_split.planning.planner.plan` (``blockwise``),
 - ``device_only`` and ``server_only``,
 - ``best_layerwise``: the best single split point of the graph order under the training costs,
   the Neurosurgeon-style chain partition (Kang et al., ASPLOS 2017),
@@ -18,7 +18,7 @@ cost graph, so against an exact DAG min cut fed the *same training costs* the re
 by construction: the gain over DADS can only come from DADS optimising another objective
 (inference), which is what ``dads_inference`` measures.
 
-Models (torchvision, traced with :func:`lightning_split.trace.trace_module` at the training
+Models (torchvision, traced with :func:`lightning_split.graph.capture.trace_module` at the training
 batch): ResNet-18 (CIFAR stem: 3x3 conv, no max pool), VGG-16 with batch norm (torchvision
 features, one 512-to-10 classifier as in CIFAR VGGs), an AlexNet-style CIFAR net (five 3x3
 convs, three fully connected layers, the layout of Krizhevsky et al. 2012) and MobileNetV2 at
@@ -67,7 +67,7 @@ assumed 1.3 to 2.7 times slower; no Jetson was measured.
 Two node cost models (seconds of forward + backward for one batch, as ``docs/cost-model.md`` defines):
 
 ``flops``
-    :func:`lightning_split.estimate.estimate_profile` with ``device_gflops`` and
+    :func:`lightning_split.costs.estimate.estimate_profile` with ``device_gflops`` and
     ``server_gflops`` set to ``FLOP_FRACTION`` x peak: ``max(10 us, 3 x work / rate)`` where
     ``work`` is the forward FLOPs of ``FlopCounterMode`` or one per output element. It makes
     elementwise and normalisation nodes nearly free, although on real GPUs they are memory bound.
@@ -115,8 +115,8 @@ from _common import ROOT, machine_info, render_table
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lightning_split.planner import best_layerwise, device_only, plan, server_only, step_time
-from lightning_split.profile import Link, NodeCost, Profile
+from lightning_split.planning.planner import best_layerwise, device_only, plan, server_only, step_time
+from lightning_split.planning.profile import Link, NodeCost, Profile
 
 BANDWIDTHS_MBPS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 QUICK_BANDWIDTHS_MBPS = (1.0, 10.0, 100.0, 1000.0)
@@ -266,7 +266,7 @@ def trace_workload(workload: Workload, device: str = "cpu") -> tuple[Any, Any, A
     """Build the model (seeded, train mode) on ``device`` and trace it on a seeded batch: (traced, module, batch)."""
     import torch
 
-    from lightning_split.trace import trace_module
+    from lightning_split.graph.capture import trace_module
 
     torch.manual_seed(0)  # weights change neither FLOPs nor shapes; seeded so reruns are identical
     module = workload.build().train().to(device)
@@ -281,7 +281,7 @@ def unit_from_traced(traced: Any, name: str) -> Profile:
     one per output element), the quantity both cost models scale. Call-module nodes carry
     their module class as the extra field ``module_class``.
     """
-    from lightning_split.estimate import estimate_profile
+    from lightning_split.costs.estimate import estimate_profile
 
     profile = estimate_profile(traced, Link.from_mbps(100.0), 1.0, 1.0, backward_factor=0.0, min_node_s=0.0)
     classes = {info.name: type(traced.graph_module.get_submodule(info.target)).__name__
@@ -354,7 +354,7 @@ class FlopCost:
     name = "flops"
 
     def __init__(self, min_node_s: float | None = None) -> None:
-        from lightning_split.estimate import DEFAULT_MIN_NODE_S
+        from lightning_split.costs.estimate import DEFAULT_MIN_NODE_S
 
         self.min_node_s = DEFAULT_MIN_NODE_S if min_node_s is None else min_node_s
 

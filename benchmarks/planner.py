@@ -6,7 +6,7 @@ for synthetic ResNet-like residual stacks of 1,000 to 10,000 nodes (built direct
 profiles, no torch), at uplink = downlink = 10, 100 and 1000 Mbit/s with a 2 ms rtt, it records:
 
 - the node count and the number of boundary nodes blockwise decomposes at
-  (:func:`~lightning_split.planner.series_boundaries`; ``graph_boundaries`` counts those of the
+  (:func:`~lightning_split.planning.planner.series_boundaries`; ``graph_boundaries`` counts those of the
   whole graph, which dead ends and constants in ViT and Swin reduce to almost none),
 - the median solve time of ``full`` and ``blockwise`` and their ratio (the speed-up), and of
   ``exhaustive`` (brute force) where it finishes within ``EXHAUSTIVE_MAX_PLACEMENTS``,
@@ -48,7 +48,7 @@ from _common import ROOT, machine_info, parallel_branches, render_table, residua
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lightning_split.planner import (
+from lightning_split.planning.planner import (
     Plan,
     PlanningError,
     baselines,
@@ -58,7 +58,7 @@ from lightning_split.planner import (
     plan,
     series_boundaries,
 )
-from lightning_split.profile import Link, Profile
+from lightning_split.planning.profile import Link, Profile
 
 LINKS_MBPS = (10.0, 100.0, 1000.0)
 RTT_MS = 2.0
@@ -120,8 +120,8 @@ def zoo_profile(model: ZooModel, cache_dir: Path | None) -> tuple[Profile, float
     import torch
     import torchvision
 
-    from lightning_split.estimate import estimate_profile
-    from lightning_split.trace import trace_module
+    from lightning_split.costs.estimate import estimate_profile
+    from lightning_split.graph.capture import trace_module
 
     sources = b"".join((ROOT / "lightning_split" / name).read_bytes() for name in _TRACE_SOURCES)
     key = json.dumps([model.name, model.kwargs, model.side, torch.__version__, torchvision.__version__])

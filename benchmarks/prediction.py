@@ -221,7 +221,7 @@ class Fit:
 
 
 def _emulated_seconds(link: Any, bytes_up: float, bytes_down: float) -> float:
-    """What :class:`lightning_split.client.LinkEmulator` sleeps for one step of two requests."""
+    """What :class:`lightning_split.transport.client.LinkEmulator` sleeps for one step of two requests."""
     return 2 * link.rtt_s + bytes_up / link.uplink_bytes_per_s + bytes_down / link.downlink_bytes_per_s
 
 
@@ -314,7 +314,7 @@ def steady_malloc() -> bool:
 
 def link_json(link: Any) -> dict[str, Any]:
     """A link as JSON-safe numbers (``null`` for an unlimited rate) and a readable text."""
-    from lightning_split.plans import link_text
+    from lightning_split.runtime.placement import link_text
 
     def rate(value: float) -> float | None:
         return None if math.isinf(value) else value * 8 / 1e6
@@ -348,7 +348,7 @@ def predicted(profile: Any, server_nodes: Sequence[str]) -> dict[str, float]:
     The cost model (``docs/cost-model.md``) charges every crossing tensor up and its gradient down, and every server
     output down and its gradient up, so the bytes are the same both ways.
     """
-    from lightning_split import planner
+    from lightning_split.planning import planner
 
     breakdown = planner.step_time(profile, device_nodes(profile, server_nodes))
     server = set(server_nodes)
@@ -360,7 +360,7 @@ def predicted(profile: Any, server_nodes: Sequence[str]) -> dict[str, float]:
 
 def auto_record(bandwidth: str, emulated: Any, run: Fit) -> dict[str, Any]:
     """Everything one ``cut="auto"`` run says about prediction against measurement."""
-    from lightning_split import planner
+    from lightning_split.planning import planner
 
     plan = run.strategy.plan
     profile = plan.profile
@@ -616,7 +616,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
 
 def _parse(bandwidth: str, rtt_ms: float) -> Any:
-    from lightning_split.profile import Link
+    from lightning_split.planning.profile import Link
 
     return Link.parse(f"{bandwidth},{rtt_ms:g}ms")
 

@@ -3,7 +3,7 @@
 Prints a table and writes JSON (``benchmarks/out/wire.json``). Every figure is the median of
 ``--repeats`` runs, and the ratios compare runs of the same size in the same process:
 
-- ``encode`` / ``decode``: MB/s of :func:`lightning_split.wire.encode` / ``decode`` on one
+- ``encode`` / ``decode``: MB/s of :func:`lightning_split.transport.wire.encode` / ``decode`` on one
   float32 tensor (a memcpy-bound path does GB/s; an extra Python-level pass over the data
   would show as a drop to some hundred MB/s);
 - ``session ping``: a ``ping`` op carrying the tensor through an embedded server (framing,
@@ -36,9 +36,9 @@ import torch
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
-from lightning_split import wire
-from lightning_split.client import RemoteServer
-from lightning_split.server import EmbeddedServer, ModelHost
+from lightning_split.serve.app import EmbeddedServer, ModelHost
+from lightning_split.transport import wire
+from lightning_split.transport.client import RemoteServer
 
 
 def median_s(fn, repeats: int) -> float:

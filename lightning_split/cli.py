@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_split.profile import DEFAULT_LINK
+from lightning_split.planning.profile import DEFAULT_LINK
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 logger = logging.getLogger("lightning_split.cli")
@@ -87,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lightning_split import wire
-    from lightning_split.server import ModelHost, ServerPolicy, SplitServer, bound_url
+    from lightning_split.serve.app import ModelHost, ServerPolicy, SplitServer, bound_url
+    from lightning_split.transport import wire
 
     token = _read_token(args.token_file)
     cls = _import_model(args.model)
@@ -164,7 +164,7 @@ _DEFAULT_RTT_MS = DEFAULT_LINK.rtt_s * 1e3
 
 
 def _add_plan_parser(commands: Any) -> None:
-    from lightning_split.estimate import DEFAULT_DEVICE_GFLOPS, DEFAULT_SERVER_GFLOPS
+    from lightning_split.costs.estimate import DEFAULT_DEVICE_GFLOPS, DEFAULT_SERVER_GFLOPS
 
     plan = commands.add_parser(
         "plan",
@@ -225,7 +225,7 @@ def _add_plan_parser(commands: Any) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from lightning_split.planner import PlanningError, baselines, plan
+    from lightning_split.planning.planner import PlanningError, baselines, plan
     from lightning_split.report import render_plan
 
     if args.profile and args.model:
@@ -270,7 +270,7 @@ def _plot(profile: Any, result: Any, against: dict[str, float], title: str, path
 
 
 def _load_profile(path: str) -> tuple[Any, str]:
-    from lightning_split.profile import Profile, ProfileError
+    from lightning_split.planning.profile import Profile, ProfileError
 
     try:
         profile = Profile.load(path)
@@ -287,14 +287,14 @@ def _load_profile(path: str) -> tuple[Any, str]:
 def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
     """Import, build, trace and estimate the model of ``--model``; write ``--out`` if asked."""
 
-    from lightning_split.estimate import (
+    from lightning_split.costs.estimate import (
         DEFAULT_DEVICE_GFLOPS,
         DEFAULT_SERVER_GFLOPS,
         estimate_profile,
         example_inputs_for,
     )
-    from lightning_split.profile import Link, ProfileError
-    from lightning_split.trace import trace_module
+    from lightning_split.graph.capture import trace_module
+    from lightning_split.planning.profile import Link, ProfileError
 
     shape = _input_shape(args.input_shape) if args.input_shape is not None else None
     uplink = _DEFAULT_UPLINK_MBPS if args.uplink_mbps is None else args.uplink_mbps
@@ -414,7 +414,7 @@ def _read_token(path: str | None) -> str | None:
 
 
 def _import_model(spec: str) -> Any:
-    from lightning_split.estimate import model_from_path
+    from lightning_split.costs.estimate import model_from_path
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -486,10 +486,10 @@ def _profile(args: argparse.Namespace) -> int:
     """Build and trace the model, measure both sides (or estimate the server), write the profile."""
     import torch
 
-    from lightning_split.estimate import DEFAULT_SERVER_GFLOPS, estimate_profile, example_inputs_for
-    from lightning_split.measure import ProfileCache, Profiler, measured_profile
-    from lightning_split.profile import Link, ProfileError
-    from lightning_split.trace import trace_module
+    from lightning_split.costs.estimate import DEFAULT_SERVER_GFLOPS, estimate_profile, example_inputs_for
+    from lightning_split.costs.measure import ProfileCache, Profiler, measured_profile
+    from lightning_split.graph.capture import trace_module
+    from lightning_split.planning.profile import Link, ProfileError
 
     if args.warmup < 0 or args.repeats < 1:
         raise CommandError("--warmup must be >= 0 and --repeats >= 1")
@@ -552,9 +552,9 @@ def _profile_server(
     args: argparse.Namespace, profiler: Any, traced: Any, inputs: tuple[Any, ...], init_args: dict[str, Any]
 ) -> tuple[Any, Any]:
     """Measure the link and the server's node costs over one connection to ``--server``."""
-    from lightning_split.client import ConnectionFailed, RemoteServer
-    from lightning_split.measure import measure_link, model_fields, typical_payload_bytes
-    from lightning_split.protocol import RemoteError
+    from lightning_split.costs.measure import measure_link, model_fields, typical_payload_bytes
+    from lightning_split.transport.client import ConnectionFailed, RemoteServer
+    from lightning_split.transport.protocol import RemoteError
 
     remote = RemoteServer(args.server, token=_read_token(args.token_file))
     try:

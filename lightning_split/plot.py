@@ -5,7 +5,7 @@
 1. the graph, top-down by topological depth, device nodes and server nodes in two colours,
    the tensors that cross the cut highlighted and labeled with their size, model outputs
    marked. A graph of more than ``max_nodes`` nodes is condensed: one box per block between
-   the nodes blockwise planning splits at (:func:`lightning_split.planner.series_boundaries`),
+   the nodes blockwise planning splits at (:func:`lightning_split.planning.planner.series_boundaries`),
    split in two where the cut runs through it, labeled with its node count and first and last
    node.
 2. the predicted step time of the optimal plan and of the three baselines over a sweep of
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_split.planner import Plan, plan, series_boundaries
-from lightning_split.planner import baselines as planned_baselines
-from lightning_split.profile import Link, Profile
+from lightning_split.planning.planner import Plan, plan, series_boundaries
+from lightning_split.planning.planner import baselines as planned_baselines
+from lightning_split.planning.profile import Link, Profile
 from lightning_split.report import format_bytes, format_link
 
 __all__ = [
@@ -372,7 +372,7 @@ def plot_plan(
 
     Parameters:
         profile: the profile the plan was made from.
-        placement: the plan to draw (from :func:`lightning_split.planner.plan`).
+        placement: the plan to draw (from :func:`lightning_split.planning.planner.plan`).
         path: where to write; ``.png`` or ``.svg`` (SVG text stays text, so it can be searched).
         baselines: the baselines' step times at the profile's own link (marked on the sweep);
             computed when not given.

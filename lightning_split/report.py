@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from lightning_split.planner import Plan
-from lightning_split.profile import Link, NodeCost, Profile
+from lightning_split.planning.planner import Plan
+from lightning_split.planning.profile import Link, NodeCost, Profile
 
 __all__ = ["format_bytes", "format_link", "render_plan"]
 
@@ -84,7 +84,7 @@ def render_plan(profile: Profile, plan: Plan, baselines: Mapping[str, float], ti
         profile: the profile the plan was made from (node shapes and sizes come from it).
         plan: the plan to show.
         baselines: ``{"device_only": s, "server_only": s, "best_layerwise": s}`` as returned by
-            :func:`lightning_split.planner.baselines`; unknown keys are shown under their own name.
+            :func:`lightning_split.planning.planner.baselines`; unknown keys are shown under their own name.
         title: what was planned; defaults to the profile's ``model`` or ``name`` field.
 
     Returns:

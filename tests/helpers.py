@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 if TYPE_CHECKING:
-    from lightning_split.runtime import SplitRuntime
+    from lightning_split.runtime.device import SplitRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 20
@@ -130,15 +130,15 @@ class MemoryLogger(Logger):
 
 def open_session(url: str) -> tuple[SplitRuntime, torch.Tensor, list[tuple[int, ...]]]:
     """A session on ``url`` for a DagNet cut at ``b``: its runtime, a batch of digits and the cut shapes."""
-    from lightning_split.client import RemoteServer
-    from lightning_split.plans import make_plan
-    from lightning_split.runtime import SplitRuntime
+    from lightning_split.runtime.device import SplitRuntime
+    from lightning_split.runtime.placement import place_model
+    from lightning_split.transport.client import RemoteServer
     from tests.models import DagNet, digits
 
     torch.manual_seed(0)
     model = DagNet()
     images = digits(32).tensors[0]
-    plan = make_plan(model, (images,), {}, cut="b")
+    plan = place_model(model, (images,), {}, cut="b")
     hello = {"model": "tests.models:DagNet", "init_args": dict(model.hparams), **plan.hello_fields()}
     runtime = SplitRuntime(
         model, plan.graph_module, plan.spec, RemoteServer(url), hello, graph_args=plan.traced.graph_args

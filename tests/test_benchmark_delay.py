@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_split.estimate import estimate_profile
-from lightning_split.profile import Link, NodeCost
-from lightning_split.trace import trace_module
+from lightning_split.costs.estimate import estimate_profile
+from lightning_split.graph.capture import trace_module
+from lightning_split.planning.profile import Link, NodeCost
 
 ROOT = Path(__file__).resolve().parent.parent
 

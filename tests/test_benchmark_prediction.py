@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_split import planner
-from lightning_split.profile import Profile
+from lightning_split.planning import planner
+from lightning_split.planning.profile import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 

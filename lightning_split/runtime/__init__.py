@@ -1,0 +1,1 @@
+"""The device side: the split module's runtime, placement of a real model, the Lightning strategy."""

@@ -1,0 +1,454 @@
+"""From a module and a batch to a placement: trace, cost, plan, check.
+
+:func:`place_model` is what ``SplitStrategy`` calls on the first forward. It traces the
+module on the real batch (:func:`trace_batch`), builds a cost profile (node costs from a
+*cost source* plus a link), solves for the optimal cut (or takes the user's), and keeps
+tensors shared by both sides (tied weights) on one side by re-planning with pins. The
+result, :class:`Placement`, renders itself for logs (:meth:`Placement.describe`) and
+loggers (:meth:`Placement.summary`), and re-plans itself for another link with the same
+trace and node costs (:meth:`Placement.replanned`), which is what live re-planning needs.
+
+Cost sources turn a trace and a link into a :class:`~lightning_split.planning.profile.Profile`:
+:class:`EstimatedCosts` (FLOPs over assumed throughputs) and :class:`GivenCosts` (a profile
+made earlier, matched by node name); measured costs come from :mod:`lightning_split.costs.measure`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import fx, nn
+
+from lightning_split.graph.capture import TracedModel, trace_module
+from lightning_split.graph.programs import (
+    SplitError,
+    SplitSpec,
+    device_spec_from_cut,
+    example_skeleton,
+    graph_summary,
+    make_spec,
+    shared_across,
+)
+from lightning_split.planning import planner
+from lightning_split.planning.profile import DEFAULT_LINK, Link, NodeCost, Profile, ProfileError
+
+ProfileBuilder = Callable[[TracedModel, Link], Profile]
+LinkSource = Callable[[TracedModel], Link]
+
+
+@dataclass
+class TracedBatch:
+    """A trace of the module on one real batch, plus that batch's shapes (never its data).
+
+    Attributes:
+        traced: the trace.
+        example: ``{"args": ..., "kwargs": ...}`` with every tensor replaced by its dtype and
+            shape, so the server can trace its own copy of the model the same way.
+    """
+
+    traced: TracedModel
+    example: dict[str, Any]
+
+    def hello_fields(self) -> dict[str, Any]:
+        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
+        return {
+            "fingerprint": self.traced.fingerprint(),
+            "graph": graph_summary(self.traced.graph_module),
+            "leaf_modules": list(self.traced.leaf_modules),
+            "example": self.example,
+        }
+
+
+def trace_batch(
+    module: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], leaf_modules: Sequence[str | type] = ()
+) -> TracedBatch:
+    """Trace ``module`` on one call (``args``, ``kwargs``) and keep the call's shapes."""
+    traced = trace_module(module, tuple(args), dict(kwargs), leaf_modules)
+    example = {"args": example_skeleton(list(args)), "kwargs": example_skeleton(dict(kwargs))}
+    return TracedBatch(traced, example)
+
+
+@dataclass
+class Placement:
+    """A traced model and where each of its nodes runs.
+
+    Attributes:
+        traced: the trace (graph, per-node bytes and FLOPs).
+        spec: the placement the programs are built from.
+        source: how the placement was chosen (``"auto"`` or ``"cut=..."``).
+        profile: the cost profile planned on (``None`` for a user cut without costs).
+        plan: the planner's result (``None`` for a user cut).
+        baselines: predicted step time of the baselines on the same profile.
+        pins: extra pins added to keep tied tensors on one side.
+        example: the batch's shapes (see :class:`TracedBatch`).
+        method: the planner method (``"blockwise"`` or ``"full"``).
+        pin_device, pin_server: the user's pins (kept so that a re-plan honours them).
+        notes: how the costs and the link were obtained (for the log), e.g.
+            ``{"costs": "measured", "profile_s": 1.2, "cache": "hit", "link": "measured"}``.
+    """
+
+    traced: TracedModel
+    spec: SplitSpec
+    source: str
+    profile: Profile | None = None
+    plan: planner.Plan | None = None
+    baselines: dict[str, float] = field(default_factory=dict)
+    pins: dict[str, str] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)
+    method: str = "blockwise"
+    pin_device: tuple[str, ...] = ()
+    pin_server: tuple[str, ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        return self.traced.graph_module
+
+    @property
+    def link(self) -> Link | None:
+        """The link the plan was made for (``None`` for a user cut)."""
+        return self.profile.link if self.profile is not None else None
+
+    def replanned(self, link: Link) -> Placement:
+        """The optimal plan for ``link`` with the same trace, node costs and pins.
+
+        Raises:
+            SplitError: the plan is a user cut (it has no costs to plan with).
+        """
+        if self.profile is None:
+            raise SplitError(f"a plan from {self.source} has no cost profile and cannot be re-planned; use cut='auto'")
+        profile = self.profile.with_link(link)
+        best, pins = _plan_keeping_tied_tensors(
+            self.graph_module, profile, self.method, set(self.pin_device), set(self.pin_server)
+        )
+        return dataclasses.replace(
+            self,
+            spec=make_spec(self.graph_module, best.server),
+            profile=profile,
+            plan=best,
+            baselines=planner.baselines(profile),
+            pins=pins,
+        )
+
+    def cut_rows(self) -> list[tuple[str, str, int]]:
+        """(node, shape, bytes) of each tensor that crosses to the server."""
+        rows = []
+        for name in self.spec.cut:
+            info = self.traced.node(name)
+            rows.append((name, _shape_text(info.out_meta), info.out_bytes))
+        return rows
+
+    def predicted_step_s(self) -> float | None:
+        if self.profile is None:
+            return None
+        device = [n.name for n in self.profile.nodes if n.name not in set(self.spec.server_nodes)]
+        return planner.step_time(self.profile, device).total
+
+    def describe(self) -> str:
+        """A readable multi-line account of the plan."""
+        n_total = len(self.traced.nodes)
+        n_server = len(self.spec.server_nodes)
+        lines = [f"placement ({self.source}): {n_total - n_server} nodes on the device, {n_server} on the server"]
+        if not n_server:
+            lines.append("  everything runs on the device (the server is not used)")
+        for name, shape, size in self.cut_rows():
+            lines.append(f"  cut tensor {name:<28} {shape:<22} {_bytes(size):>10}")
+        predicted = self.predicted_step_s()
+        if predicted is not None and self.profile is not None:
+            how = self.notes.get("link", "given")
+            lines.append(f"  link ({how}): {link_text(self.profile.link)}")
+            lines.append(f"  predicted step: {predicted * 1e3:.2f} ms ({_profile_kind(self.profile)})")
+            for name, value in self.baselines.items():
+                lines.append(f"    vs {name:<15} {value * 1e3:10.2f} ms")
+        if self.pins:
+            lines.append(
+                "  pinned to keep tied tensors on one side: " + ", ".join(f"{k}->{v}" for k, v in self.pins.items())
+            )
+        if self.traced.auto_leaves:
+            lines.append("  untraceable submodules run whole: " + ", ".join(self.traced.auto_leaves))
+        notes = {k: v for k, v in self.notes.items() if k != "link"}
+        if notes:
+            lines.append("  costs: " + ", ".join(f"{k}={_note(v)}" for k, v in notes.items()))
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        """Flat values for ``logger.log_hyperparams``."""
+        data: dict[str, Any] = {
+            "split/source": self.source,
+            "split/cut": ",".join(self.spec.cut) or "(none)",
+            "split/server_nodes": len(self.spec.server_nodes),
+            "split/cut_bytes": sum(size for _, _, size in self.cut_rows()),
+        }
+        predicted = self.predicted_step_s()
+        if predicted is not None:
+            data["split/predicted_step_s"] = predicted
+        for name, value in self.baselines.items():
+            data[f"split/baseline_{name}_s"] = value
+        if self.profile is not None:
+            link = self.profile.link
+            data["split/link_up_mbit_s"] = link.uplink_bytes_per_s * 8 / 1e6
+            data["split/link_down_mbit_s"] = link.downlink_bytes_per_s * 8 / 1e6
+            data["split/link_rtt_ms"] = link.rtt_s * 1e3
+        for key, value in self.notes.items():
+            if isinstance(value, str | int | float | bool):
+                data[f"split/{key}"] = value
+        return data
+
+    def hello_fields(self) -> dict[str, Any]:
+        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
+        return TracedBatch(self.traced, self.example).hello_fields()
+
+
+def place_model(
+    module: nn.Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    cut: str | Sequence[str] = "auto",
+    leaf_modules: Sequence[str | type] = (),
+    pin_device: Sequence[str] = (),
+    pin_server: Sequence[str] = (),
+    link: Link | str | LinkSource | None = None,
+    profile_builder: ProfileBuilder | None = None,
+    method: str = "blockwise",
+    traced: TracedBatch | None = None,
+    notes: Mapping[str, Any] | None = None,
+) -> Placement:
+    """Trace ``module`` on a batch and choose where each node runs.
+
+    Args:
+        module: the model.
+        args, kwargs: one real call of ``module.forward``.
+        cut: ``"auto"`` to plan, or node names / module paths whose nodes (and ancestors)
+            run on the device.
+        leaf_modules: module paths or classes to trace as single nodes.
+        pin_device, pin_server: nodes the planner must keep on one side.
+        link: the link to plan for: a ``Link``, text like ``"10mbit,20ms"``, a function of
+            the trace that returns one (e.g. a measurement sized by the cut tensors), or
+            ``None`` for :data:`DEFAULT_LINK`.
+        profile_builder: makes the cost profile from the trace and the link (default:
+            :class:`EstimatedCosts`); its ``notes`` attribute, if it has one, joins the plan's.
+        method: planner method.
+        traced: a trace of this call made earlier (it is not traced again).
+        notes: how costs and link were obtained, for the log (see :attr:`Placement.notes`).
+    """
+    batch = traced if traced is not None else trace_batch(module, args, kwargs, leaf_modules)
+    gm = batch.traced.graph_module
+    if cut != "auto":
+        names = [cut] if isinstance(cut, str) else list(cut)
+        spec = device_spec_from_cut(gm, names)
+        shared = shared_across(gm, spec)
+        if shared:
+            key, (device_users, server_users) = next(iter(shared.items()))
+            raise SplitError(
+                f"cut {names} splits the tied tensor {key!r}: device nodes {device_users} and server nodes "
+                f"{server_users} both use it. Cut after its last use, or use cut='auto' "
+                "(it keeps tied tensors on one side)"
+            )
+        return Placement(batch.traced, spec, f"cut={','.join(names)}", example=batch.example)
+
+    if isinstance(link, str):
+        link = Link.parse(link)
+    elif callable(link):
+        link = link(batch.traced)
+    link = link or DEFAULT_LINK
+    builder = profile_builder or EstimatedCosts()
+    profile = builder(batch.traced, link)
+    notes = {**getattr(builder, "notes", {}), **dict(notes or {})}
+    best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server))
+    return Placement(
+        batch.traced,
+        make_spec(gm, best.server),
+        "auto",
+        profile,
+        best,
+        planner.baselines(profile),
+        pins,
+        batch.example,
+        method,
+        tuple(pin_device),
+        tuple(pin_server),
+        notes,
+    )
+
+
+class EstimatedCosts:
+    """Node costs estimated from FLOPs (:func:`lightning_split.costs.estimate.estimate_profile`).
+
+    Args:
+        device_gflops, server_gflops: effective throughputs of both sides (default: the
+            estimate module's Jetson-class device and GPU-class server).
+        options: further keyword arguments of ``estimate_profile`` (``backward_factor``,
+            ``min_node_s``).
+    """
+
+    def __init__(self, device_gflops: float | None = None, server_gflops: float | None = None, **options: Any) -> None:
+        from lightning_split.costs import estimate
+
+        self.device_gflops = estimate.DEFAULT_DEVICE_GFLOPS if device_gflops is None else float(device_gflops)
+        self.server_gflops = estimate.DEFAULT_SERVER_GFLOPS if server_gflops is None else float(server_gflops)
+        self.options = options
+
+    def __call__(self, traced: TracedModel, link: Link) -> Profile:
+        from lightning_split.costs.estimate import estimate_profile
+
+        return estimate_profile(traced, link, self.device_gflops, self.server_gflops, **self.options)
+
+
+class GivenCosts:
+    """Node costs from a profile made earlier (e.g. by ``lightning-split profile``), matched by node name.
+
+    The graph (inputs, output bytes) is the trace's own; only ``device_s`` and ``server_s``
+    come from the profile. A profile of another model, input shape or set of leaf modules
+    names other nodes, which is refused rather than guessed at.
+
+    Args:
+        source: a :class:`Profile` or the path of a profile file.
+    """
+
+    def __init__(self, source: Profile | str | Path) -> None:
+        self.origin = "the given profile" if isinstance(source, Profile) else str(source)
+        self.profile = source if isinstance(source, Profile) else Profile.load(source)
+
+    def __call__(self, traced: TracedModel, link: Link) -> Profile:
+        given = {node.name: node for node in self.profile.nodes}
+        names = [info.name for info in traced.nodes]
+        missing = [name for name in names if name not in given]
+        unknown = [name for name in given if name not in set(names)]
+        if missing or unknown:
+            raise ProfileError(
+                f"{self.origin} does not match the model's graph: the profile lacks nodes {missing[:8]} and has "
+                f"nodes the graph lacks {unknown[:8]}. Was it made for this model, input shape and leaf_modules?"
+            )
+        nodes = []
+        for info in traced.nodes:
+            cost = given[info.name]
+            kind = "input" if info.op == "placeholder" else "op"
+            nodes.append(
+                NodeCost(info.name, kind, info.inputs, info.out_bytes, cost.device_s, cost.server_s, cost.extra)
+            )
+        extra = {**self.profile.extra, "costs_from": self.origin, "fingerprint": traced.fingerprint()}
+        return Profile(nodes, list(traced.outputs), link, extra)
+
+
+class MeasuredCosts:
+    """Node costs timed on both sides (:mod:`lightning_split.costs.measure`), from its disk cache when it has them.
+
+    The device's costs are timed in this process on the real batch; the server's by the
+    server on its own copy of the model (the protocol's ``profile`` op). After a call,
+    :attr:`notes` says how long it took and whether each side came from the cache.
+
+    Args:
+        remote: the connection to the server.
+        fields: the model as a ``hello`` describes it (``model``, ``init_args`` and the
+            trace's :meth:`TracedBatch.hello_fields`).
+        args, kwargs: the batch to time the device on.
+        profiler: a ``measure.Profiler`` (cache, warm-up, repeats, calibration).
+        optimizers: the training's optimizers as ``hello`` describes them
+            (:func:`lightning_split.costs.measure.describe_optimizers`): each side adds the time of
+            their step over its parameters to the nodes that own them, since a training step
+            runs the optimizer wherever the parameters live.
+    """
+
+    def __init__(
+        self,
+        remote: Any,
+        fields: Mapping[str, Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        profiler: Any,
+        optimizers: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        self.remote = remote
+        self.fields = dict(fields)
+        self.args, self.kwargs = tuple(args), dict(kwargs)
+        self.profiler = profiler
+        self.optimizers = list(optimizers)
+        self.notes: dict[str, Any] = {}
+
+    def __call__(self, traced: TracedModel, link: Link) -> Profile:
+        from lightning_split.costs.measure import measured_profile
+
+        device = self.profiler.device_costs(traced, self.args, self.kwargs, self.optimizers)
+        server = self.profiler.server_costs(self.remote, traced, self.fields, self.optimizers)
+        self.notes = {
+            "costs": "measured",
+            "profile_s": device.wall_s + server.wall_s,
+            "device_costs": "cache hit" if device.cached else f"measured in {device.wall_s:.2f} s",
+            "server_costs": "cache hit" if server.cached else f"measured in {server.wall_s:.2f} s",
+        }
+        extra = {"device_hardware": device.hardware, "server_hardware": server.hardware}
+        for costs in (device, server):
+            extra.update(costs.extras())
+        return measured_profile(traced, device.node_s, server.node_s, link, extra)
+
+
+def _plan_keeping_tied_tensors(
+    gm: fx.GraphModule, profile: Profile, method: str, pin_device: set[str], pin_server: set[str]
+) -> tuple[planner.Plan, dict[str, str]]:
+    """Plan; if a tensor ends up used on both sides, try each side for each such tensor."""
+    best = planner.plan(profile, method, pin_device, pin_server)
+    shared = shared_across(gm, make_spec(gm, best.server))
+    if not shared:
+        return best, {}
+    groups = [device_users + server_users for device_users, server_users in shared.values()]
+    if len(groups) > 10:
+        raise SplitError(f"{len(groups)} tied tensors are used on both sides; pin their users with pin_device=[...]")
+    chosen: tuple[planner.Plan, dict[str, str]] | None = None
+    for sides in itertools.product(("device", "server"), repeat=len(groups)):
+        extra_device = {n for group, side in zip(groups, sides) if side == "device" for n in group}
+        extra_server = {n for group, side in zip(groups, sides) if side == "server" for n in group}
+        try:
+            candidate = planner.plan(profile, method, pin_device | extra_device, pin_server | extra_server)
+        except planner.PlanningError:
+            continue
+        if shared_across(gm, make_spec(gm, candidate.server)):
+            continue
+        if chosen is None or candidate.predicted_step_s < chosen[0].predicted_step_s:
+            pins = {n: "device" for n in extra_device} | {n: "server" for n in extra_server}
+            chosen = (candidate, pins)
+    if chosen is None:
+        raise SplitError(f"no placement keeps the tied tensors {sorted(shared)} on one side with the given pins")
+    return chosen
+
+
+def _shape_text(meta: Any) -> str:
+    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
+        return f"{meta[2]}[{','.join(str(d) for d in meta[1])}]"
+    if isinstance(meta, tuple | list):
+        return "(" + ", ".join(_shape_text(m) for m in meta) + ")"
+    if isinstance(meta, dict):
+        return "{" + ", ".join(f"{k}: {_shape_text(v)}" for k, v in meta.items()) + "}"
+    return str(meta[1]) if isinstance(meta, tuple) and len(meta) == 2 else str(meta)
+
+
+def _bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _profile_kind(profile: Profile) -> str:
+    if "costs_from" in profile.extra:
+        return f"costs from {profile.extra['costs_from']}"
+    return "estimated from FLOPs" if profile.extra.get("estimated") else "measured"
+
+
+def link_text(link: Link) -> str:
+    """``"up 10.0 Mbit/s, down 50.0 Mbit/s, rtt 5.00 ms"``."""
+
+    def rate(value: float) -> str:
+        return "unlimited" if math.isinf(value) else f"{value * 8 / 1e6:.1f} Mbit/s"
+
+    return f"up {rate(link.uplink_bytes_per_s)}, down {rate(link.downlink_bytes_per_s)}, rtt {link.rtt_s * 1e3:.2f} ms"
+
+
+def _note(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,1 @@
+"""``lightning-split serve``: model hosting, per-device sessions, state on disk, the websocket app."""

@@ -1,0 +1,269 @@
+"""The device's connection to a lightning-split server (synchronous websockets).
+
+Training is sequential (the device waits for the server's outputs before it computes the
+loss), so the client is a plain blocking connection driven from the training thread:
+:meth:`RemoteServer.call` sends the deferred ops plus the ones given and returns their
+results. It counts bytes and wire time for the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from lightning_split.planning.profile import Link
+from lightning_split.transport import protocol, wire
+
+TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
+log = logging.getLogger("lightning_split.transport.client")
+
+
+class ConnectionFailed(ConnectionError):
+    """The server could not be reached or refused the handshake; says which and what to do."""
+
+
+class _Unreachable(ConnectionFailed):
+    """The server is not reachable right now (worth retrying, unlike a refused handshake)."""
+
+
+@dataclass
+class Traffic:
+    """Running totals of what crossed the link."""
+
+    requests: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    round_trip_s: float = 0.0
+    server_compute_s: float = 0.0  # the server's own forward/backward time, as it reports
+
+    def snapshot(self) -> Traffic:
+        return dataclasses.replace(self)
+
+    def since(self, earlier: Traffic) -> Traffic:
+        """The difference of two snapshots (what one step or one log interval cost)."""
+        return Traffic(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)})
+
+
+class LinkEmulator:
+    """Makes a fast connection behave like a slower link, for experiments on one machine.
+
+    Before a request goes out it waits half the round-trip time plus the request's bytes at
+    the uplink rate; after a reply arrives it waits the other half plus the reply's bytes at
+    the downlink rate. The server computes meanwhile only on what it has received, so a step
+    costs what the cost model says a link of that speed costs (on top of the real link).
+    """
+
+    def __init__(self, link: Link, sleep: Any = time.sleep) -> None:
+        link.validate()
+        self.link = link
+        self._sleep = sleep
+
+    def before_send(self, nbytes: int) -> None:
+        self._sleep(self.link.rtt_s / 2 + nbytes / self.link.uplink_bytes_per_s)
+
+    def after_receive(self, nbytes: int) -> None:
+        self._sleep(self.link.rtt_s / 2 + nbytes / self.link.downlink_bytes_per_s)
+
+
+class RemoteServer:
+    """One connection to a server, speaking :mod:`lightning_split.transport.protocol`.
+
+    Args:
+        url: ``ws://host:port`` or ``wss://host:port``.
+        token: bearer token (default: the ``LIGHTNING_SPLIT_TOKEN`` environment variable).
+        ca_file: CA bundle to verify a ``wss://`` server with (default: the system's).
+        timeout: seconds to wait for the handshake and for each reply.
+        limits: wire limits for replies.
+        link_limit: emulate a slower link (see :class:`LinkEmulator`); ``None``: the real link as it is.
+        retry_for: seconds to keep reconnecting, with exponential backoff, after the connection
+            drops; the session resumes where it was (0: fail at once).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 300.0,
+        limits: wire.Limits | None = None,
+        link_limit: Link | str | None = None,
+        retry_for: float = 120.0,
+    ) -> None:
+        self.url = url
+        if isinstance(link_limit, str):
+            link_limit = Link.parse(link_limit)
+        self.emulator = LinkEmulator(link_limit) if link_limit is not None else None
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self.protocol = protocol.DeviceProtocol(limits or wire.Limits())
+        self.traffic = Traffic()
+        self.retry_for = retry_for
+        self.session_id: str | None = None
+        self.reconnects = 0
+        self._lock = threading.Lock()
+        self._socket: ClientConnection | None = None
+
+    def connect(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        context = None
+        if self.url.startswith("wss://"):
+            context = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            self._socket = connect(
+                self.url,
+                additional_headers=headers,
+                ssl=context,
+                compression=None,
+                max_size=self.protocol.limits.max_message_bytes,
+                open_timeout=min(self.timeout, 30.0),
+                proxy=None,
+                ping_interval=20,
+                ping_timeout=120,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            hint = (
+                f"set the token with SplitStrategy(token=...) or the {TOKEN_ENV} environment variable"
+                if status == 401
+                else "check the URL"
+            )
+            raise ConnectionFailed(f"server {self.url} refused the handshake with HTTP {status}: {hint}") from exc
+        except ssl.SSLError as exc:
+            raise ConnectionFailed(
+                f"TLS handshake with {self.url} failed ({exc}); if the server uses a self-signed certificate or a "
+                "private CA, pass it with SplitStrategy(ca_file=...)"
+            ) from exc
+        except (OSError, TimeoutError) as exc:
+            raise _Unreachable(
+                f"cannot reach the lightning-split server at {self.url} ({exc}); is `lightning-split serve` running "
+                "there, and is the port open?"
+            ) from exc
+
+    def defer(self, op: dict[str, Any]) -> None:
+        """Queue an op that needs no reply (it rides with the next call)."""
+        with self._lock:
+            self.protocol.defer(op)
+
+    def call(self, ops: Sequence[dict[str, Any]]) -> list[Any]:
+        """Send the deferred ops and ``ops``; wait for and return the results of ``ops``.
+
+        A dropped connection is retried for ``retry_for`` seconds; the request is identified
+        by its sequence number, so it is applied exactly once however often it is sent.
+        """
+        with self._lock:
+            if self._socket is None:
+                self.connect()
+            ops = list(ops)
+            seq, data, skip = self.protocol.request(ops)
+            ordered = not all(op["op"] in protocol.UNORDERED for op in ops)
+            started = time.perf_counter()
+            try:
+                reply = self._exchange(data)
+            except (ConnectionClosed, OSError) as exc:
+                reply = self._recover(seq, data, ordered, exc)
+            elapsed = time.perf_counter() - started
+            self.traffic.requests += 1
+            self.traffic.bytes_up += len(data)
+            self.traffic.bytes_down += len(reply)
+            self.traffic.round_trip_s += elapsed
+            results = self.protocol.receive(reply, seq, skip)
+            for op, result in zip(ops, results):
+                if op["op"] == "hello" and isinstance(result, dict):
+                    self.session_id = result.get("session")
+                    self.protocol.keep_log = bool(result.get("persistent"))
+                elif op["op"] == "close":
+                    self.session_id = None
+            return results
+
+    def _exchange(self, data: bytes) -> bytes:
+        """One request, one reply, over the current socket (through the link emulator if any)."""
+        assert self._socket is not None
+        if self.emulator is not None:
+            self.emulator.before_send(len(data))
+        self._socket.send(data)
+        try:
+            reply = self._socket.recv(timeout=self.timeout)
+        except TimeoutError as exc:
+            raise ConnectionFailed(
+                f"the server at {self.url} did not answer within {self.timeout:.0f} s; it may be overloaded "
+                "or stuck: check its log, or raise SplitStrategy(timeout=...)"
+            ) from exc
+        if self.emulator is not None:
+            self.emulator.after_receive(len(reply))
+        if isinstance(reply, str):
+            raise protocol.ProtocolError("text reply received; the protocol uses binary messages only")
+        return reply
+
+    def _recover(self, seq: int, data: bytes, ordered: bool, error: BaseException) -> bytes:
+        """Reconnect with backoff, resume the session and get the reply to request ``seq``."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            if time.monotonic() + delay > deadline:
+                raise ConnectionFailed(
+                    f"lost the connection to {self.url} ({error}) and could not resume within {self.retry_for:g} s; "
+                    "is the server running? Raise SplitStrategy(retry_for=...) to wait longer"
+                ) from error
+            log.warning("connection to %s lost (%s); reconnecting in %.2f s", self.url, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            self._drop_socket()
+            try:
+                self.connect()
+                reply = self._resend(seq, data, ordered)
+            except (_Unreachable, ConnectionClosed, OSError) as exc:
+                error = exc
+                continue
+            self.reconnects += 1
+            return reply
+
+    def _resend(self, seq: int, data: bytes, ordered: bool) -> bytes:
+        """On a fresh connection: resume the session, replay what the server lacks, resend ``seq``."""
+        if self.session_id is None or not ordered:
+            return self._exchange(data)
+        resume_seq, resume, _ = self.protocol.request([{"op": "resume", "session": self.session_id}])
+        try:
+            (info,) = self.protocol.receive(self._exchange(resume), resume_seq, 0)
+        except protocol.RemoteError as exc:
+            raise ConnectionFailed(f"the server at {self.url} cannot resume this session: {exc.message}") from exc
+        if info["have_reply"] or info["durable"] is None:
+            pending = [(seq, data)]
+        else:
+            pending = self.protocol.replay_from(int(info["last_seq"]))
+            log.warning(
+                "server restored the session at request %s; replaying %d requests", info["last_seq"], len(pending)
+            )
+        if pending[-1][0] != seq:
+            raise protocol.ProtocolError(f"replay log ends at request {pending[-1][0]}, not {seq}")
+        for earlier_seq, earlier in pending[:-1]:
+            try:
+                self.protocol.receive(self._exchange(earlier), earlier_seq, 0)
+            except protocol.RemoteError as exc:
+                raise ConnectionFailed(
+                    f"replaying request {earlier_seq} after the server restarted failed: {exc.message}"
+                ) from exc
+        return self._exchange(pending[-1][1])
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                self._socket.close()
+            self._socket = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
