@@ -22,6 +22,20 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+# The package sources whose changes can change a traced, estimated profile: part of cache keys.
+TRACE_SOURCES = ("graph", "costs/estimate.py", "planning/profile.py")
+
+
+def trace_sources() -> bytes:
+    """The bytes of :data:`TRACE_SOURCES` (every ``.py`` of a folder, in name order), for cache keys."""
+    package = ROOT / "lightning_split"
+    paths: list[Path] = []
+    for name in TRACE_SOURCES:
+        path = package / name
+        paths.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    return b"".join(p.read_bytes() for p in paths)
+
+
 T = TypeVar("T")
 
 

@@ -110,7 +110,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from _common import ROOT, machine_info, render_table
+from _common import ROOT, machine_info, render_table, trace_sources
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -130,7 +130,6 @@ DEFAULT_OUT = ROOT / "benchmarks" / "out" / "delay.json"
 DEFAULT_CHARTS = ROOT / "benchmarks" / "out"
 DEFAULT_CACHE = ROOT / "benchmarks" / "out" / "cache"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-_TRACE_SOURCES = ("trace.py", "estimate.py", "profile.py")
 BASELINES = ("device_only", "server_only", "best_layerwise", "layerwise_inference", "dads_inference")
 COST_MODELS = ("roofline", "flops")
 
@@ -302,7 +301,7 @@ def unit_profile(workload: Workload, cache_dir: Path | None) -> tuple[Profile, f
     import torch
     import torchvision
 
-    sources = b"".join((ROOT / "lightning_split" / name).read_bytes() for name in _TRACE_SOURCES)
+    sources = trace_sources()
     key = json.dumps(["delay-unit/1", workload.name, workload.input_shape, torch.__version__, torchvision.__version__])
     digest = hashlib.sha256(key.encode() + sources).hexdigest()[:16]
     cached = cache_dir / f"delay-{workload.name}-{digest}.json" if cache_dir is not None else None

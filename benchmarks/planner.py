@@ -43,7 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, machine_info, parallel_branches, render_table, residual_stack, time_adaptive
+from _common import (
+    ROOT,
+    machine_info,
+    parallel_branches,
+    render_table,
+    residual_stack,
+    time_adaptive,
+    trace_sources,
+)
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -72,8 +80,6 @@ EXHAUSTIVE_MAX_PLACEMENTS = 600_000  # about 3 s of brute force on this kind of 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "planner.json"
 DEFAULT_CACHE = ROOT / "benchmarks" / "out" / "cache"
-# The sources whose changes can change a traced profile: part of the cache key.
-_TRACE_SOURCES = ("trace.py", "estimate.py", "profile.py")
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,7 @@ def zoo_profile(model: ZooModel, cache_dir: Path | None) -> tuple[Profile, float
     from lightning_split.costs.estimate import estimate_profile
     from lightning_split.graph.capture import trace_module
 
-    sources = b"".join((ROOT / "lightning_split" / name).read_bytes() for name in _TRACE_SOURCES)
+    sources = trace_sources()
     key = json.dumps([model.name, model.kwargs, model.side, torch.__version__, torchvision.__version__])
     digest = hashlib.sha256(key.encode() + sources).hexdigest()[:16]
     cached = cache_dir / f"{model.name}-{digest}.json" if cache_dir is not None else None
