@@ -8,9 +8,9 @@ result, :class:`Placement`, renders itself for logs (:meth:`Placement.describe`)
 loggers (:meth:`Placement.summary`), and re-plans itself for another link with the same
 trace and node costs (:meth:`Placement.replanned`), which is what live re-planning needs.
 
-Cost sources turn a trace and a link into a :class:`~lightning_split.planning.profile.Profile`:
-:class:`EstimatedCosts` (FLOPs over assumed throughputs) and :class:`GivenCosts` (a profile
-made earlier, matched by node name); measured costs come from :mod:`lightning_split.costs.measure`.
+The cost sources that price a trace (estimated, given or measured costs) are in
+:mod:`lightning_split.costs.sources`; :class:`~lightning_split.costs.sources.EstimatedCosts`
+is the default.
 """
 
 from __future__ import annotations
@@ -20,25 +20,17 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import fx, nn
 
+from lightning_split.costs.sources import EstimatedCosts, ProfileBuilder
 from lightning_split.graph.capture import TracedModel, trace_module
-from lightning_split.graph.programs import (
-    SplitError,
-    SplitSpec,
-    device_spec_from_cut,
-    example_skeleton,
-    graph_summary,
-    make_spec,
-    shared_across,
-)
+from lightning_split.graph.describe import example_of
+from lightning_split.graph.programs import SplitError, SplitSpec, device_spec_from_cut, make_spec, shared_across
 from lightning_split.planning import planner
-from lightning_split.planning.profile import DEFAULT_LINK, Link, NodeCost, Profile, ProfileError
+from lightning_split.planning.profile import DEFAULT_LINK, Link, Profile
 
-ProfileBuilder = Callable[[TracedModel, Link], Profile]
 LinkSource = Callable[[TracedModel], Link]
 
 
@@ -55,23 +47,13 @@ class TracedBatch:
     traced: TracedModel
     example: dict[str, Any]
 
-    def hello_fields(self) -> dict[str, Any]:
-        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
-        return {
-            "fingerprint": self.traced.fingerprint(),
-            "graph": graph_summary(self.traced.graph_module),
-            "leaf_modules": list(self.traced.leaf_modules),
-            "example": self.example,
-        }
-
 
 def trace_batch(
     module: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], leaf_modules: Sequence[str | type] = ()
 ) -> TracedBatch:
     """Trace ``module`` on one call (``args``, ``kwargs``) and keep the call's shapes."""
     traced = trace_module(module, tuple(args), dict(kwargs), leaf_modules)
-    example = {"args": example_skeleton(list(args)), "kwargs": example_skeleton(dict(kwargs))}
-    return TracedBatch(traced, example)
+    return TracedBatch(traced, example_of(args, kwargs))
 
 
 @dataclass
@@ -200,10 +182,6 @@ class Placement:
                 data[f"split/{key}"] = value
         return data
 
-    def hello_fields(self) -> dict[str, Any]:
-        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
-        return TracedBatch(self.traced, self.example).hello_fields()
-
 
 def place_model(
     module: nn.Module,
@@ -275,117 +253,6 @@ def place_model(
         tuple(pin_server),
         notes,
     )
-
-
-class EstimatedCosts:
-    """Node costs estimated from FLOPs (:func:`lightning_split.costs.estimate.estimate_profile`).
-
-    Args:
-        device_gflops, server_gflops: effective throughputs of both sides (default: the
-            estimate module's Jetson-class device and GPU-class server).
-        options: further keyword arguments of ``estimate_profile`` (``backward_factor``,
-            ``min_node_s``).
-    """
-
-    def __init__(self, device_gflops: float | None = None, server_gflops: float | None = None, **options: Any) -> None:
-        from lightning_split.costs import estimate
-
-        self.device_gflops = estimate.DEFAULT_DEVICE_GFLOPS if device_gflops is None else float(device_gflops)
-        self.server_gflops = estimate.DEFAULT_SERVER_GFLOPS if server_gflops is None else float(server_gflops)
-        self.options = options
-
-    def __call__(self, traced: TracedModel, link: Link) -> Profile:
-        from lightning_split.costs.estimate import estimate_profile
-
-        return estimate_profile(traced, link, self.device_gflops, self.server_gflops, **self.options)
-
-
-class GivenCosts:
-    """Node costs from a profile made earlier (e.g. by ``lightning-split profile``), matched by node name.
-
-    The graph (inputs, output bytes) is the trace's own; only ``device_s`` and ``server_s``
-    come from the profile. A profile of another model, input shape or set of leaf modules
-    names other nodes, which is refused rather than guessed at.
-
-    Args:
-        source: a :class:`Profile` or the path of a profile file.
-    """
-
-    def __init__(self, source: Profile | str | Path) -> None:
-        self.origin = "the given profile" if isinstance(source, Profile) else str(source)
-        self.profile = source if isinstance(source, Profile) else Profile.load(source)
-
-    def __call__(self, traced: TracedModel, link: Link) -> Profile:
-        given = {node.name: node for node in self.profile.nodes}
-        names = [info.name for info in traced.nodes]
-        missing = [name for name in names if name not in given]
-        unknown = [name for name in given if name not in set(names)]
-        if missing or unknown:
-            raise ProfileError(
-                f"{self.origin} does not match the model's graph: the profile lacks nodes {missing[:8]} and has "
-                f"nodes the graph lacks {unknown[:8]}. Was it made for this model, input shape and leaf_modules?"
-            )
-        nodes = []
-        for info in traced.nodes:
-            cost = given[info.name]
-            kind = "input" if info.op == "placeholder" else "op"
-            nodes.append(
-                NodeCost(info.name, kind, info.inputs, info.out_bytes, cost.device_s, cost.server_s, cost.extra)
-            )
-        extra = {**self.profile.extra, "costs_from": self.origin, "fingerprint": traced.fingerprint()}
-        return Profile(nodes, list(traced.outputs), link, extra)
-
-
-class MeasuredCosts:
-    """Node costs timed on both sides (:mod:`lightning_split.costs.measure`), from its disk cache when it has them.
-
-    The device's costs are timed in this process on the real batch; the server's by the
-    server on its own copy of the model (the protocol's ``profile`` op). After a call,
-    :attr:`notes` says how long it took and whether each side came from the cache.
-
-    Args:
-        remote: the connection to the server.
-        fields: the model as a ``hello`` describes it (``model``, ``init_args`` and the
-            trace's :meth:`TracedBatch.hello_fields`).
-        args, kwargs: the batch to time the device on.
-        profiler: a ``measure.Profiler`` (cache, warm-up, repeats, calibration).
-        optimizers: the training's optimizers as ``hello`` describes them
-            (:func:`lightning_split.costs.measure.describe_optimizers`): each side adds the time of
-            their step over its parameters to the nodes that own them, since a training step
-            runs the optimizer wherever the parameters live.
-    """
-
-    def __init__(
-        self,
-        remote: Any,
-        fields: Mapping[str, Any],
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        profiler: Any,
-        optimizers: Sequence[Mapping[str, Any]] = (),
-    ) -> None:
-        self.remote = remote
-        self.fields = dict(fields)
-        self.args, self.kwargs = tuple(args), dict(kwargs)
-        self.profiler = profiler
-        self.optimizers = list(optimizers)
-        self.notes: dict[str, Any] = {}
-
-    def __call__(self, traced: TracedModel, link: Link) -> Profile:
-        from lightning_split.costs.measure import measured_profile
-
-        device = self.profiler.device_costs(traced, self.args, self.kwargs, self.optimizers)
-        server = self.profiler.server_costs(self.remote, traced, self.fields, self.optimizers)
-        self.notes = {
-            "costs": "measured",
-            "profile_s": device.wall_s + server.wall_s,
-            "device_costs": "cache hit" if device.cached else f"measured in {device.wall_s:.2f} s",
-            "server_costs": "cache hit" if server.cached else f"measured in {server.wall_s:.2f} s",
-        }
-        extra = {"device_hardware": device.hardware, "server_hardware": server.hardware}
-        for costs in (device, server):
-            extra.update(costs.extras())
-        return measured_profile(traced, device.node_s, server.node_s, link, extra)
 
 
 def _plan_keeping_tied_tensors(

@@ -27,20 +27,13 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from torch import nn
 
+from lightning_split.costs.sources import ProfileBuilder, cost_source
 from lightning_split.graph.capture import TracedModel
+from lightning_split.graph.describe import ModelDescription
 from lightning_split.graph.programs import SplitSpec
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
-from lightning_split.runtime.placement import (
-    EstimatedCosts,
-    GivenCosts,
-    MeasuredCosts,
-    Placement,
-    ProfileBuilder,
-    link_text,
-    place_model,
-    trace_batch,
-)
+from lightning_split.runtime.placement import Placement, link_text, place_model, trace_batch
 from lightning_split.serve.app import EmbeddedServer, ModelHost
 from lightning_split.transport.client import ConnectionFailed, LinkEmulator, RemoteServer, Traffic
 from lightning_split.transport.protocol import RemoteError
@@ -282,11 +275,12 @@ class SplitStrategy(SingleDeviceStrategy):
         )
         self._remote = remote
         batch = trace_batch(module, args, kwargs, self.leaf_modules)
-        hello = {
-            "model": self.model_name or _class_path(module),
-            "init_args": self.init_args if self.init_args is not None else _init_args(module),
-            **batch.hello_fields(),
-        }
+        description = ModelDescription.of(
+            self.model_name or _class_path(module),
+            self.init_args if self.init_args is not None else _init_args(module),
+            batch.traced,
+            batch.example,
+        )
         link_started = time.perf_counter()
         self.plan = place_model(
             module,
@@ -297,7 +291,7 @@ class SplitStrategy(SingleDeviceStrategy):
             pin_device=self.pin_device,
             pin_server=self.pin_server,
             link=self._planning_link,
-            profile_builder=self._cost_source(hello, args, kwargs) if self.cut == "auto" else None,
+            profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
         )
@@ -309,7 +303,7 @@ class SplitStrategy(SingleDeviceStrategy):
             self.plan.graph_module,
             self.plan.spec,
             remote,
-            hello,
+            description.to_wire(),
             self.release_server_state,
             graph_args=self.plan.traced.graph_args,
         )
@@ -317,26 +311,22 @@ class SplitStrategy(SingleDeviceStrategy):
         self.placements.append(self.plan.spec)
         self._log_plan()
 
-    def _cost_source(self, hello: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProfileBuilder:
-        """The profile builder ``costs`` asks for."""
-        costs = self.costs
-        if isinstance(costs, Profile) or (isinstance(costs, str | Path) and costs not in ("measure", "estimate")):
-            return GivenCosts(costs)
-        if costs == "estimate":
-            return EstimatedCosts(**self.costs_options)
-        from lightning_split.costs.measure import ProfileCache, Profiler
-        from lightning_split.transport.optimizers import describe_optimizers
-
-        options = dict(self.costs_options)
-        cache = options.pop("cache", None)
-        profiler = Profiler(
-            cache=None if cache is False else ProfileCache(cache),
+    def _cost_source(
+        self, description: ModelDescription, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ProfileBuilder:
+        """The profile builder ``costs`` asks for (:func:`~lightning_split.costs.sources.cost_source`)."""
+        return cost_source(
+            self.costs,
+            self.costs_options,
+            remote=self._remote,
+            model=description.model,
+            init_args=description.init_args,
+            args=args,
+            kwargs=kwargs,
             device=self.root_device,
-            **options,
+            module=self.lightning_module,
+            optimizers=self.optimizers,
         )
-        assert self._remote is not None
-        optimizers = describe_optimizers(self.lightning_module, self.optimizers)
-        return MeasuredCosts(self._remote, hello, args, kwargs, profiler, optimizers)
 
     def _planning_link(self, traced: TracedModel) -> Link:
         """``plan_link`` if given, else the link measured over the training connection."""
