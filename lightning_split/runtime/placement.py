@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from lightning_split.graph import metadata
 from lightning_split.graph.capture import TracedModel, trace_module
 from lightning_split.graph.programs import (
     SplitError,
@@ -141,7 +142,7 @@ class Placement:
         rows = []
         for name in self.spec.cut:
             info = self.traced.node(name)
-            rows.append((name, _shape_text(info.out_meta), info.out_bytes))
+            rows.append((name, metadata.text(info.out_meta), info.out_bytes))
         return rows
 
     def predicted_step_s(self) -> float | None:
@@ -415,16 +416,6 @@ def _plan_keeping_tied_tensors(
     if chosen is None:
         raise SplitError(f"no placement keeps the tied tensors {sorted(shared)} on one side with the given pins")
     return chosen
-
-
-def _shape_text(meta: Any) -> str:
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        return f"{meta[2]}[{','.join(str(d) for d in meta[1])}]"
-    if isinstance(meta, tuple | list):
-        return "(" + ", ".join(_shape_text(m) for m in meta) + ")"
-    if isinstance(meta, dict):
-        return "{" + ", ".join(f"{k}: {_shape_text(v)}" for k, v in meta.items()) + "}"
-    return str(meta[1]) if isinstance(meta, tuple) and len(meta) == 2 else str(meta)
 
 
 def _bytes(size: float) -> str:
