@@ -38,6 +38,7 @@ from lightning_split.graph.programs import (
 )
 from lightning_split.planning import planner
 from lightning_split.planning.profile import DEFAULT_LINK, Link, NodeCost, Profile, ProfileError
+from lightning_split.runtime.metrics import link_metrics
 
 ProfileBuilder = Callable[[TracedModel, Link], Profile]
 LinkSource = Callable[[TracedModel], Link]
@@ -192,10 +193,7 @@ class Placement:
         for name, value in self.baselines.items():
             data[f"split/baseline_{name}_s"] = value
         if self.profile is not None:
-            link = self.profile.link
-            data["split/link_up_mbit_s"] = link.uplink_bytes_per_s * 8 / 1e6
-            data["split/link_down_mbit_s"] = link.downlink_bytes_per_s * 8 / 1e6
-            data["split/link_rtt_ms"] = link.rtt_s * 1e3
+            data.update(link_metrics(self.profile.link))
         for key, value in self.notes.items():
             if isinstance(value, str | int | float | bool):
                 data[f"split/{key}"] = value
