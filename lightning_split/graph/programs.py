@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lightning_split.graph.capture import COST_OPS, node_module_path
+from lightning_split.graph.nodes import COST_OPS, node_module_path
 
 
 class SplitError(ValueError):

@@ -25,11 +25,13 @@ from typing import Any
 from torch import fx, nn
 
 from lightning_split.costs.sources import EstimatedCosts, ProfileBuilder
+from lightning_split.graph import metadata
 from lightning_split.graph.capture import TracedModel, trace_module
 from lightning_split.graph.describe import example_of
 from lightning_split.graph.programs import SplitError, SplitSpec, device_spec_from_cut, make_spec, shared_across
 from lightning_split.planning import planner
 from lightning_split.planning.profile import DEFAULT_LINK, Link, Profile
+from lightning_split.runtime.metrics import link_metrics
 
 LinkSource = Callable[[TracedModel], Link]
 
@@ -123,7 +125,7 @@ class Placement:
         rows = []
         for name in self.spec.cut:
             info = self.traced.node(name)
-            rows.append((name, _shape_text(info.out_meta), info.out_bytes))
+            rows.append((name, metadata.text(info.out_meta), info.out_bytes))
         return rows
 
     def predicted_step_s(self) -> float | None:
@@ -173,10 +175,7 @@ class Placement:
         for name, value in self.baselines.items():
             data[f"split/baseline_{name}_s"] = value
         if self.profile is not None:
-            link = self.profile.link
-            data["split/link_up_mbit_s"] = link.uplink_bytes_per_s * 8 / 1e6
-            data["split/link_down_mbit_s"] = link.downlink_bytes_per_s * 8 / 1e6
-            data["split/link_rtt_ms"] = link.rtt_s * 1e3
+            data.update(link_metrics(self.profile.link))
         for key, value in self.notes.items():
             if isinstance(value, str | int | float | bool):
                 data[f"split/{key}"] = value
@@ -282,16 +281,6 @@ def _plan_keeping_tied_tensors(
     if chosen is None:
         raise SplitError(f"no placement keeps the tied tensors {sorted(shared)} on one side with the given pins")
     return chosen
-
-
-def _shape_text(meta: Any) -> str:
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        return f"{meta[2]}[{','.join(str(d) for d in meta[1])}]"
-    if isinstance(meta, tuple | list):
-        return "(" + ", ".join(_shape_text(m) for m in meta) + ")"
-    if isinstance(meta, dict):
-        return "{" + ", ".join(f"{k}: {_shape_text(v)}" for k, v in meta.items()) + "}"
-    return str(meta[1]) if isinstance(meta, tuple) and len(meta) == 2 else str(meta)
 
 
 def _bytes(size: float) -> str:
