@@ -31,7 +31,9 @@ subtree the device shares only grow, and the nodes from ``b(i+1)`` on and those 
 the way stay on the server, so ``T_M`` with the current device shares, the server shares and
 returned outputs of those nodes and no transfer is a lower bound on the subtree. Cases are
 visited in increasing order of that bound at their start, and subtrees and cases whose bound
-reaches the best value are skipped.
+reaches the best value are skipped. The best value starts at the best prefix of the graph
+order (every prefix is a downset; all are evaluated in one linear pass), which on traced
+transformers (side nodes, hence few boundaries) cuts the search by an order of magnitude.
 
 The number of placements grows exponentially with the width of a segment (parallel
 branches); past ``cap`` evaluated placements the search stops and reports that it is
@@ -141,6 +143,32 @@ class _Search:
         self.members: list[int] = []
         self.best_value, self.best_device = math.inf, None
         self.evaluated = 0
+
+    def seed_with_prefixes(self) -> None:
+        """Start from the best feasible prefix of the graph order (a downset, as every prefix is).
+
+        All prefixes are evaluated in one pass, as the sequential planner's ``best_layerwise``
+        baseline does: a tensor crosses for the prefixes that end between its producer and its
+        last consumer. A good first value lets the bounds prune from the start.
+        """
+        costs, n, prefix, totals = self.costs, self.costs.n, self.prefix, self.totals
+        delta = [0] * (n + 2)
+        for u, consumers in enumerate(costs.consumers):
+            if consumers:
+                delta[u + 1] += costs.out_bytes[u]
+                delta[max(consumers) + 1] -= costs.out_bytes[u]
+        first = self.forced[-1] + 1 if self.forced else 0
+        crossed = sum(delta[: first + 1])
+        for k in range(first, min(self.must_server, default=n) + 1):
+            crossed += delta[k] if k > first else 0
+            if prefix[5][k] > self.budget:
+                break
+            value = self.objective.total(
+                prefix[0][k], prefix[1][k], totals[2] - prefix[2][k], totals[3] - prefix[3][k], crossed,
+                totals[4] - prefix[4][k], k < n,
+            )  # fmt: skip
+            if value < self.best_value:
+                self.best_value, self.best_device = value, tuple(range(k))
 
     def cases(self) -> list[_Case]:
         """The feasible cases, in increasing order of their lower bound."""
@@ -306,6 +334,7 @@ def search_placements(
         A :class:`SearchResult`; with ``complete`` its placement is optimal.
     """
     search = _Search(costs, constraints, objective, cap)
+    search.seed_with_prefixes()
     complete = True
     for case in search.cases():
         if case.bound >= search.best_value:
