@@ -86,7 +86,7 @@ class PipelinedPlan:
         return data
 
 
-def _check_budget(device_memory: int | None, max_placements: int) -> None:
+def _check_limits(device_memory: int | None, max_placements: int) -> None:
     if device_memory is not None and (isinstance(device_memory, bool) or not isinstance(device_memory, int)):
         raise PlanningError(f"device_memory must be a number of bytes (an integer), got {device_memory!r}")
     if device_memory is not None and device_memory < 0:
@@ -125,7 +125,7 @@ def plan_pipelined(
             smallest footprint that would fit).
     """
     started = time.perf_counter()
-    _check_budget(device_memory, max_placements)
+    _check_limits(device_memory, max_placements)
     costs = StageCosts(profile)
     objective = Objective(costs, micro_batches, codec)
     constraints = resolve(profile, costs, pin_device, pin_server, private_inputs, device_memory)
