@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_split.planning.units import bytes_per_s, format_link
+
 FORMAT = "lightning-split-profile/1"
 NODE_KINDS = ("input", "op")
 
@@ -48,7 +50,7 @@ class Link:
     def from_mbps(cls, uplink_mbps: float, downlink_mbps: float | None = None, rtt_ms: float = 0.0) -> Link:
         """Build a link from megabits per second and milliseconds (downlink defaults to uplink)."""
         down = uplink_mbps if downlink_mbps is None else downlink_mbps
-        return cls(uplink_mbps * 1e6 / 8, down * 1e6 / 8, rtt_ms / 1e3)
+        return cls(bytes_per_s(uplink_mbps), bytes_per_s(down), rtt_ms / 1e3)
 
     @classmethod
     def parse(cls, text: str) -> Link:
@@ -84,6 +86,10 @@ class Link:
     def per_message_s(self) -> float:
         """``message_s``, with 0 for a link that does not know it."""
         return 0.0 if self.message_s is None else float(self.message_s)
+
+    def describe(self) -> str:
+        """The link for people: ``"100 Mbit/s up, 100 Mbit/s down, rtt 2 ms"``."""
+        return format_link(self.uplink_bytes_per_s, self.downlink_bytes_per_s, self.rtt_s)
 
     @property
     def seconds_per_byte_round_trip(self) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_split.planning.profile import Link
+from lightning_split.planning.units import mbit_per_s
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.transport.client import Traffic
 
@@ -27,8 +28,8 @@ __all__ = ["TrafficLog", "link_metrics", "log_hyperparams", "log_metrics", "repl
 def link_metrics(link: Link) -> dict[str, float]:
     """``split/link_up_mbit_s``, ``split/link_down_mbit_s`` and ``split/link_rtt_ms`` of ``link``."""
     return {
-        "split/link_up_mbit_s": link.uplink_bytes_per_s * 8 / 1e6,
-        "split/link_down_mbit_s": link.downlink_bytes_per_s * 8 / 1e6,
+        "split/link_up_mbit_s": mbit_per_s(link.uplink_bytes_per_s),
+        "split/link_down_mbit_s": mbit_per_s(link.downlink_bytes_per_s),
         "split/link_rtt_ms": link.rtt_s * 1e3,
     }
 

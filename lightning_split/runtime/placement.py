@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from lightning_split.graph.describe import example_of
 from lightning_split.graph.programs import SplitError, SplitSpec, device_spec_from_cut, make_spec, shared_across
 from lightning_split.planning import planner
 from lightning_split.planning.profile import DEFAULT_LINK, Link, Profile
+from lightning_split.planning.units import format_bytes
 from lightning_split.runtime.metrics import link_metrics
 
 LinkSource = Callable[[TracedModel], Link]
@@ -142,11 +142,11 @@ class Placement:
         if not n_server:
             lines.append("  everything runs on the device (the server is not used)")
         for name, shape, size in self.cut_rows():
-            lines.append(f"  cut tensor {name:<28} {shape:<22} {_bytes(size):>10}")
+            lines.append(f"  cut tensor {name:<28} {shape:<22} {format_bytes(size):>10}")
         predicted = self.predicted_step_s()
         if predicted is not None and self.profile is not None:
             how = self.notes.get("link", "given")
-            lines.append(f"  link ({how}): {link_text(self.profile.link)}")
+            lines.append(f"  link ({how}): {self.profile.link.describe()}")
             lines.append(f"  predicted step: {predicted * 1e3:.2f} ms ({_profile_kind(self.profile)})")
             for name, value in self.baselines.items():
                 lines.append(f"    vs {name:<15} {value * 1e3:10.2f} ms")
@@ -283,27 +283,10 @@ def _plan_keeping_tied_tensors(
     return chosen
 
 
-def _bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
-
-
 def _profile_kind(profile: Profile) -> str:
     if "costs_from" in profile.extra:
         return f"costs from {profile.extra['costs_from']}"
     return "estimated from FLOPs" if profile.extra.get("estimated") else "measured"
-
-
-def link_text(link: Link) -> str:
-    """``"up 10.0 Mbit/s, down 50.0 Mbit/s, rtt 5.00 ms"``."""
-
-    def rate(value: float) -> str:
-        return "unlimited" if math.isinf(value) else f"{value * 8 / 1e6:.1f} Mbit/s"
-
-    return f"up {rate(link.uplink_bytes_per_s)}, down {rate(link.downlink_bytes_per_s)}, rtt {link.rtt_s * 1e3:.2f} ms"
 
 
 def _note(value: Any) -> str:

@@ -26,7 +26,7 @@ from lightning_split.graph.programs import SplitSpec
 from lightning_split.planning import planner
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
-from lightning_split.runtime.placement import Placement, link_text
+from lightning_split.runtime.placement import Placement
 from lightning_split.transport.client import ConnectionFailed, RemoteServer
 from lightning_split.transport.protocol import RemoteError
 
@@ -61,7 +61,7 @@ class Replan:
     def describe(self) -> str:
         what = "moved" if self.moved else "kept"
         return (
-            f"re-plan at step {self.step} ({link_text(self.link)}): {what} the cut "
+            f"re-plan at step {self.step} ({self.link.describe()}): {what} the cut "
             f"{_cut_text(self.old_cut)} -> {_cut_text(self.new_cut)}, predicted step "
             f"{self.old_predicted_s * 1e3:.2f} ms -> {self.new_predicted_s * 1e3:.2f} ms, took {self.seconds:.3f} s"
         )
