@@ -48,8 +48,10 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from lightning_split.costs.replay import NodeStep, OptimizerStep, WholePass, captured_values, nbytes
-from lightning_split.graph.capture import COST_OPS, TracedModel, _PreservedState
+from lightning_split.graph.capture import TracedModel
+from lightning_split.graph.nodes import COST_OPS
 from lightning_split.graph.programs import used_state
+from lightning_split.graph.recording import PreservedState
 
 __all__ = ["TimedCosts", "hardware_name", "measure_node_costs", "normalised_device", "time_node_costs"]
 
@@ -151,7 +153,7 @@ def time_node_costs(
     timer = _Timer(device)
     rng_devices = [device] if device.type == "cuda" else []
     whole_s = None
-    with _PreservedState(gm), torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+    with PreservedState(gm), torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
         if train:
             for module in gm.modules():
                 module.training = True

@@ -40,13 +40,9 @@ from lightning_split.graph.errors import TraceError
 from lightning_split.graph.fingerprint import graph_fingerprint
 from lightning_split.graph.leaves import leaf_paths_of, split_leaf_spec, trace_with_auto_leaves
 from lightning_split.graph.nodes import COST_OPS, NodeInfo, node_infos
-from lightning_split.graph.recording import PreservedState, record, thread_in_place_ops
+from lightning_split.graph.recording import record, thread_in_place_ops
 
 __all__ = ["NodeInfo", "TraceError", "TracedModel", "graph_fingerprint", "trace_module"]
-
-#: The name costs/measure.py imports; new code imports ``PreservedState`` from graph.recording
-#: (and ``COST_OPS`` from graph.nodes).
-_PreservedState = PreservedState
 
 
 @dataclass

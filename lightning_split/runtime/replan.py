@@ -86,7 +86,12 @@ class LinkProbe:
         """The given link, or one measured over ``remote`` with payloads sized for ``traced``."""
         if self.given is not None:
             return self.given
-        from lightning_split.costs.measure import MAX_PROBE_BYTES, MIN_PROBE_BYTES, measure_link, typical_payload_bytes
+        from lightning_split.costs.linkprobe import (
+            MAX_PROBE_BYTES,
+            MIN_PROBE_BYTES,
+            measure_link,
+            typical_payload_bytes,
+        )
 
         assert remote is not None
         if self.probe_bytes is not None:
