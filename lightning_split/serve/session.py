@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from lightning_split.graph.metadata import TensorMeta, ValueMeta, decode
 from lightning_split.graph.programs import SplitError, SplitSpec, server_program, used_state
 from lightning_split.transport.optimizers import OptimizerSpec, hyperparameter_from_wire, resolve_optimizer
 from lightning_split.transport.protocol import SessionError
@@ -65,7 +66,7 @@ class ServerSession:
     ) -> None:
         self.device = torch.device(device)
         self.spec = spec
-        self.cut_meta = list(cut_meta) if cut_meta is not None else None
+        self.cut_meta = [decode(meta) for meta in cut_meta] if cut_meta is not None else None
         self.max_batch = max_batch
         try:
             program = server_program(graph_module, spec)
@@ -305,9 +306,9 @@ def _kind(value: Any) -> str:
 
 
 def _check_value(value: Any, meta: Any, what: str, max_batch: int) -> None:
-    """Check a received value against the traced structure before it is used."""
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        _, shape, dtype = meta
+    """Check a received value against the traced structure (decoded metadata) before it is used."""
+    if isinstance(meta, TensorMeta):
+        shape, dtype = meta.shape, meta.dtype
         if not isinstance(value, torch.Tensor):
             raise SessionError(f"{what}: expected a tensor, got {_kind(value)}")
         if str(value.dtype) != dtype or value.dim() != len(shape):
@@ -317,13 +318,13 @@ def _check_value(value: Any, meta: Any, what: str, max_batch: int) -> None:
                 f"{what}: expected shape (batch, {', '.join(map(str, shape[1:]))}) with batch <= {max_batch}, "
                 f"got {tuple(value.shape)}"
             )
-    elif isinstance(meta, tuple | list) and not (len(meta) == 2 and meta[0] == "value"):
+    elif isinstance(meta, tuple | list):
         if not isinstance(value, tuple | list) or len(value) != len(meta):
             raise SessionError(f"{what}: expected a sequence of {len(meta)} values, got {_kind(value)}")
         for index, (item, item_meta) in enumerate(zip(value, meta)):
             _check_value(item, item_meta, f"{what}[{index}]", max_batch)
-    elif isinstance(value, torch.Tensor) and not isinstance(meta, dict):
-        raise SessionError(f"{what}: expected a {meta[1] if isinstance(meta, tuple) else meta}, got {_kind(value)}")
+    elif isinstance(value, torch.Tensor) and isinstance(meta, ValueMeta):
+        raise SessionError(f"{what}: expected a {meta.type_name}, got {_kind(value)}")
 
 
 def _to_cpu(value: Any) -> Any:
