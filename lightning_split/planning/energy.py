@@ -40,7 +40,7 @@ from typing import Any
 
 from lightning_split.planning.hardware import Hardware, Radio, preset, radio
 from lightning_split.planning.planner import Breakdown, step_time
-from lightning_split.planning.profile import Link, Profile
+from lightning_split.planning.profile import Link, NodeCost, Profile
 
 __all__ = ["OBJECTIVES", "EnergyBreakdown", "EnergyModel", "crossing_bytes", "energy_profile", "step_energy"]
 
@@ -158,6 +158,21 @@ def _per_byte(wait_w: float, bytes_per_s: float, j_per_byte: float) -> float:
     return math.inf if joules == 0 else 1.0 / joules
 
 
+def _scaled(seconds: float | None, watts: float) -> float | None:
+    return None if seconds is None else watts * seconds
+
+
+def _in_joules(node: NodeCost, device_w: float, server_w: float) -> NodeCost:
+    """The node with its device seconds at ``device_w`` and its server seconds at ``server_w``, as joules."""
+    return dataclasses.replace(
+        node,
+        device_s=device_w * node.device_s,
+        server_s=server_w * node.server_s,
+        device_fwd_s=_scaled(node.device_fwd_s, device_w),
+        server_fwd_s=_scaled(node.server_fwd_s, server_w),
+    )
+
+
 def energy_profile(profile: Profile, model: EnergyModel) -> Profile:
     """The profile rewritten so that its step time of any placement is that placement's energy.
 
@@ -171,9 +186,7 @@ def energy_profile(profile: Profile, model: EnergyModel) -> Profile:
         _per_byte(wait_w, link.uplink_bytes_per_s, model.radio.up_j_per_byte),
         _per_byte(wait_w, link.downlink_bytes_per_s, model.radio.down_j_per_byte),
         wait_w * link.rtt_s,
+        None if link.message_s is None else wait_w * link.message_s,
     )
-    nodes = [
-        dataclasses.replace(node, device_s=model.active_w * node.device_s, server_s=model.idle_w * node.server_s)
-        for node in profile.nodes
-    ]
+    nodes = [_in_joules(node, model.active_w, model.idle_w) for node in profile.nodes]
     return Profile(nodes, list(profile.outputs), joules, {**profile.extra, "objective": "energy"})

@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_split.planning.units import BYTES_PER_S_PER_MBIT_S
+
 __all__ = [
     "COMPUTE_FRACTION",
     "MEMORY_FRACTION",
@@ -271,13 +273,13 @@ class Radio:
 
     @property
     def up_j_per_byte(self) -> float:
-        """Joules per byte sent: W per Mbit/s is J per Mbit; a byte is 8e-6 Mbit."""
-        return self.up_w_per_mbps * 8e-6
+        """Joules per byte sent: W per Mbit/s is J per Mbit, and a byte is 1/125000 Mbit."""
+        return self.up_w_per_mbps / BYTES_PER_S_PER_MBIT_S
 
     @property
     def down_j_per_byte(self) -> float:
         """Joules per byte received."""
-        return self.down_w_per_mbps * 8e-6
+        return self.down_w_per_mbps / BYTES_PER_S_PER_MBIT_S
 
     def to_json(self) -> dict[str, Any]:
         return {
