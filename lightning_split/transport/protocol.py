@@ -29,6 +29,9 @@ from typing import Any
 import torch
 
 from lightning_split.transport import wire
+from lightning_split.transport.errors import ProtocolError, RemoteError, SessionError
+
+__all__ = ["ProtocolError", "RemoteError", "SessionError"]  # re-exported: their home is transport.errors
 
 VERSION = 1
 
@@ -97,23 +100,6 @@ DEFERRABLE = frozenset({"zero_grad", "scale_grads", "clip_grad_value", "step", "
 #: ops that change no session state: a request of only these is answered outside the
 #: session's sequence (it neither needs nor consumes a sequence number).
 UNORDERED = frozenset({"ping", "profile", "resume"})
-
-
-class ProtocolError(ValueError):
-    """A message breaks the protocol; the text names the field and the rule."""
-
-
-class SessionError(RuntimeError):
-    """A request the session cannot honour; the message says what and why. Ends the request, not the server."""
-
-
-class RemoteError(RuntimeError):
-    """The server refused or failed a request; carries the server's explanation."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"server error ({kind}): {message}")
-        self.kind = kind
-        self.message = message
 
 
 @dataclass(frozen=True)
