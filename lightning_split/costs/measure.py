@@ -66,6 +66,7 @@ from lightning_split.costs.estimate import estimate_profile
 from lightning_split.graph.capture import COST_OPS, TracedModel, _PreservedState
 from lightning_split.graph.programs import example_skeleton, graph_summary, used_state
 from lightning_split.planning.profile import Link, Profile
+from lightning_split.transport import messages
 from lightning_split.transport.optimizers import OptimizerSpec, resolve_optimizer
 
 if TYPE_CHECKING:
@@ -564,9 +565,9 @@ def measure_link(
     down = int(min(max(down_bytes, min_bytes), max_bytes))
     payload = torch.zeros(up, dtype=torch.uint8)
     probes = {
-        "rtt": {"op": "ping", "payload": None, "reply_bytes": 0},
-        "up": {"op": "ping", "payload": payload, "reply_bytes": 0},
-        "down": {"op": "ping", "payload": None, "reply_bytes": down},
+        "rtt": messages.Ping(payload=None, reply_bytes=0),
+        "up": messages.Ping(payload=payload, reply_bytes=0),
+        "down": messages.Ping(payload=None, reply_bytes=down),
     }
     samples: dict[str, list[tuple[float, int, int]]] = {kind: [] for kind in probes}
     for round_index in range(repeats + 1):
@@ -588,7 +589,7 @@ def measure_link(
     return Link(rate("up", 1, base_up), rate("down", 2, base_down), rtt)
 
 
-def _timed_call(remote: RemoteServer, op: dict[str, Any]) -> tuple[float, int, int]:
+def _timed_call(remote: RemoteServer, op: messages.Ping) -> tuple[float, int, int]:
     """Seconds of one request/reply, and its message bytes up and down."""
     before = remote.traffic.snapshot()
     started = time.perf_counter()
@@ -881,16 +882,16 @@ class Profiler:
         started = time.perf_counter()
         key = None
         if self.cache is not None:
-            (about,) = remote.call([{"op": "ping", "payload": None, "reply_bytes": 0}])
-            if isinstance(about, dict) and about.get("hardware"):
+            (about,) = remote.call([messages.Ping(payload=None, reply_bytes=0)])
+            if about.hardware:
                 key = ProfileCache.key(
                     str(fields["fingerprint"]),
                     fields["example"],
                     "server",
-                    str(about["hardware"]),
+                    about.hardware,
                     self.warmup,
                     self.repeats,
-                    torch_version=str(about.get("torch")),
+                    torch_version=about.torch or "None",
                     model=str(fields["model"]),
                     calibrate=self.calibrate,
                     optimizers=optimizers,
@@ -899,22 +900,24 @@ class Profiler:
                 if hit is not None and _covers(hit.node_s, traced):
                     wall_s = time.perf_counter() - started
                     return NodeCosts(hit.node_s, "server", hit.hardware, wall_s, hit.measure_s, True, hit.details)
-        request = {name: fields[name] for name in ("model", "init_args", "fingerprint", "leaf_modules", "example")}
-        request.update(op="profile", graph=fields.get("graph", []), warmup=self.warmup, repeats=self.repeats)
-        if optimizers:
-            request["optimizers"] = list(optimizers)
-        if not self.calibrate:
-            request["calibrate"] = False
+        request = messages.Profile(
+            **{name: fields[name] for name in ("model", "init_args", "fingerprint", "leaf_modules", "example")},
+            graph=fields.get("graph", []),
+            warmup=self.warmup,
+            repeats=self.repeats,
+            optimizers=[dict(optimizer) for optimizer in optimizers],
+            calibrate=self.calibrate,
+        )
         (reply,) = remote.call([request])
-        node_s = {str(name): float(value) for name, value in reply["node_s"].items()}
+        node_s = {str(name): float(value) for name, value in reply.node_s.items()}
         missing = [info.name for info in traced.nodes if info.name not in node_s]
         if missing:
             raise RuntimeError(f"the server's profile lacks node(s) {missing[:8]}; is it serving the same model?")
         wall_s = time.perf_counter() - started
-        details = dict(reply.get("calibration", {}))
+        details = dict(reply.calibration)
         if self.cache is not None and key is not None:
-            self.cache.put(key, node_s, float(reply["measure_s"]), str(reply["hardware"]), details)
-        return NodeCosts(node_s, "server", str(reply["hardware"]), wall_s, float(reply["measure_s"]), False, details)
+            self.cache.put(key, node_s, float(reply.measure_s), reply.hardware, details)
+        return NodeCosts(node_s, "server", reply.hardware, wall_s, float(reply.measure_s), False, details)
 
 
 def _covers(node_s: Mapping[str, float], traced: TracedModel) -> bool:

@@ -41,7 +41,8 @@ from lightning_split.runtime.placement import (
     place_model,
     trace_batch,
 )
-from lightning_split.serve.app import EmbeddedServer, ModelHost
+from lightning_split.serve.embedded import EmbeddedServer
+from lightning_split.serve.host import ModelHost
 from lightning_split.transport.client import ConnectionFailed, LinkEmulator, RemoteServer, Traffic
 from lightning_split.transport.protocol import RemoteError
 
