@@ -187,7 +187,7 @@ class ServerSession:
         for output, grad in zip(outputs, grads):
             if grad is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
                 continue
-            if not isinstance(grad, torch.Tensor) or not (grad.is_floating_point() or grad.is_complex()):
+            if not (grad.is_floating_point() or grad.is_complex()):  # a tensor or None: the Backward op says so
                 raise SessionError(f"gradients must be floating-point tensors, got {_kind(grad)}")
             if grad.shape != output.shape:
                 raise SessionError(
