@@ -73,7 +73,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "planner.json"
 DEFAULT_CACHE = ROOT / "benchmarks" / "out" / "cache"
 # The sources whose changes can change a traced profile: part of the cache key.
-_TRACE_SOURCES = ("trace.py", "estimate.py", "profile.py")
+_TRACE_SOURCES = ("graph/capture.py", "costs/estimate.py", "planning/profile.py")
 
 
 @dataclass(frozen=True)
