@@ -130,7 +130,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "out" / "delay.json"
 DEFAULT_CHARTS = ROOT / "benchmarks" / "out"
 DEFAULT_CACHE = ROOT / "benchmarks" / "out" / "cache"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-_TRACE_SOURCES = ("trace.py", "estimate.py", "profile.py")
+_TRACE_SOURCES = ("graph/capture.py", "costs/estimate.py", "planning/profile.py")
 BASELINES = ("device_only", "server_only", "best_layerwise", "layerwise_inference", "dads_inference")
 COST_MODELS = ("roofline", "flops")
 
