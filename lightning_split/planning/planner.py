@@ -118,6 +118,7 @@ from lightning_split.planning.costmodel import (
     step_time,
 )
 from lightning_split.planning.cutgraph import INFEASIBLE, CostGraph, cut_edges, resolve_pins
+from lightning_split.planning.exhaustive import Choices, cheapest_placement, exhaustive
 from lightning_split.planning.mincut import min_cut
 from lightning_split.planning.profile import Profile
 from lightning_split.planning.ranges import SMALL_SEGMENT, full, solve_range
@@ -351,39 +352,33 @@ def _enumerate_cluster(
 ) -> tuple[int, list[int]] | None:
     """:func:`_cluster_cut` by trying every feasible placement; for clusters of a few nodes.
 
-    Nodes are decided in reverse graph order, as in :func:`exhaustive`: a node may go to the
-    server only if its consumers are all there, and to the device only if no input of it is
-    on the server (core inputs are on the server iff ``core_on_device`` is false).
+    As in :func:`~lightning_split.planning.exhaustive.exhaustive`, with the core nodes outside:
+    a node may go to the device only if no input of it is on the server (core inputs are on the
+    server iff ``core_on_device`` is false), and to the server only if no core node it feeds is
+    on the device. A node feeding a core node on the server always sends its tensor.
     """
     nodes = cluster.nodes
-    members = set(nodes)
-    dev, srv, xfer = costs.dev, costs.srv, costs.xfer
-    member_consumers = [[w for w in costs.consumers[v] if w in members] for v in nodes]
-    feeds_core = [any(w not in members for w in costs.consumers[v]) for v in nodes]
-    eats_core = [any(u not in members for u in costs.inputs[v]) for v in nodes]
-    shared = [(xfer[u], [w for w in costs.consumers[u] if w in members]) for u in cluster.feeds_on if core_on_device]
-    in_server: dict[int, bool] = {}
-    best: list[Any] = [INFEASIBLE, None]
+    local = {v: i for i, v in enumerate(nodes)}
+    feeds_core = [any(w not in local for w in costs.consumers[v]) for v in nodes]
+    eats_core = [any(u not in local for u in costs.inputs[v]) for v in nodes]
+    choices = Choices(
+        nodes=nodes,
+        consumers=[[local[w] for w in costs.consumers[v] if w in local] for v in nodes],
+        may_device=[v not in on_server and (core_on_device or not eats) for v, eats in zip(nodes, eats_core)],
+        may_server=[v not in must_device and not (feeds and core_on_device) for v, feeds in zip(nodes, feeds_core)],
+        crosses=[feeds and not core_on_device for feeds in feeds_core],
+        device=costs.dev,
+        transfer=costs.xfer,
+        server=costs.srv,
+    )
+    # The core tensors the cluster consumes, with their consumers in it: sent when one of those is on the server.
+    shared = [(costs.xfer[u], [local[w] for w in costs.consumers[u] if w in local]) for u in cluster.feeds_on]
 
-    def visit(i: int, cost: float) -> None:
-        if cost >= best[0]:
-            return
-        if i < 0:
-            cost += sum(trip for trip, consumers in shared if any(in_server[w] for w in consumers))
-            if cost < best[0]:
-                best[0], best[1] = cost, [v for v in nodes if not in_server[v]]
-            return
-        v, consumers = nodes[i], member_consumers[i]
-        if v not in on_server and (core_on_device or not eats_core[i]):
-            crossing = any(in_server[w] for w in consumers) or (feeds_core[i] and not core_on_device)
-            in_server[v] = False
-            visit(i - 1, cost + dev[v] + (xfer[v] if crossing else 0))
-        if v not in must_device and all(in_server[w] for w in consumers) and not (feeds_core[i] and core_on_device):
-            in_server[v] = True
-            visit(i - 1, cost + srv[v])
+    def finish(cost: int, _: int, in_server: list[bool]) -> int:
+        return cost + sum(trip for trip, consumers in shared if any(in_server[i] for i in consumers))
 
-    visit(len(nodes) - 1, 0)
-    return None if best[1] is None else (best[0], best[1])
+    value, device = cheapest_placement(choices, INFEASIBLE, finish if core_on_device and shared else None, True)
+    return None if device is None else (value, [nodes[i] for i in device])
 
 
 class _Layout:
@@ -602,67 +597,6 @@ def plan(
     else:
         device = _blockwise(costs, on_device, on_server)
     return make_plan(profile, method, device, started, costs.graph)
-
-
-def exhaustive(
-    profile: Profile,
-    pin_device: Iterable[str] = (),
-    pin_server: Iterable[str] = (),
-    max_nodes: int = 20,
-    max_placements: int | None = None,
-) -> Plan:
-    """The optimum by brute force over every feasible placement (a test oracle for small graphs).
-
-    Feasible device sets are closed under ancestors. They are enumerated deciding nodes in
-    reverse graph order: a node may go to the server only if all its consumers are there, and
-    a device node pays its transfer iff one of its (already decided) consumers is on the server.
-    Costs are accumulated in float, independently of the integer min-cut machinery. The work
-    grows with the number of feasible placements: linearly along a chain, exponentially with
-    the number of parallel branches. The recursion is as deep as the graph has nodes.
-
-    Raises:
-        PlanningError: the profile has more than ``max_nodes`` nodes, more than ``max_placements``
-            feasible placements (when given), or the pins conflict.
-    """
-    started = time.perf_counter()
-    if len(profile.nodes) > max_nodes:
-        raise PlanningError(
-            f"exhaustive planning is limited to {max_nodes} nodes; this profile has {len(profile.nodes)}"
-        )
-    costs = CostGraph(profile)
-    on_device, on_server = resolve_pins(costs, pin_device, pin_server)
-    nodes = profile.nodes
-    outputs = set(profile.outputs)
-    per_byte = profile.link.seconds_per_byte_round_trip
-    rtt = 2.0 * profile.link.rtt_s
-    in_server = [False] * len(nodes)
-    best: list[Any] = [math.inf, None]
-    visited = [0]
-
-    def visit(v: int, cost: float, servers: int) -> None:
-        if v < 0:
-            visited[0] += 1
-            if max_placements is not None and visited[0] > max_placements:
-                raise PlanningError(f"exhaustive planning stopped after {max_placements} placements")
-            total = cost + (rtt if servers else 0.0)
-            if total < best[0]:
-                best[0], best[1] = total, [i for i in range(len(nodes)) if not in_server[i]]
-            return
-        node = nodes[v]
-        consumers = costs.consumers[v]
-        if v not in on_server:
-            crossing = any(in_server[w] for w in consumers)
-            visit(v - 1, cost + node.device_s + (node.out_bytes * per_byte if crossing else 0.0), servers)
-        if node.kind != "input" and v not in on_device and all(in_server[w] for w in consumers):
-            in_server[v] = True
-            trip = node.out_bytes * per_byte if node.name in outputs else 0.0
-            visit(v - 1, cost + node.server_s + trip, servers + 1)
-            in_server[v] = False
-
-    visit(len(nodes) - 1, 0.0, 0)
-    if best[1] is None:
-        raise PlanningError("no feasible placement satisfies the pins")
-    return make_plan(profile, "exhaustive", best[1], started, costs.graph)
 
 
 def device_only(profile: Profile) -> Plan:
