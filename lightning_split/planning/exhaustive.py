@@ -6,7 +6,7 @@ server only if all its consumers are there, and a device node pays its transfer 
 (already decided) consumers is on the server. :func:`exhaustive` runs it over a whole profile
 in float seconds, independently of the integer min-cut machinery; the blockwise method runs
 it over the clusters of side nodes of a few nodes, in integer picoseconds
-(:func:`lightning_split.planning.planner._enumerate_cluster`).
+(:func:`lightning_split.planning.clusters.cluster_values`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks._common import residual_stack as shared_residual_stack
-from lightning_split.planning import planner
+from lightning_split.planning import clusters as cluster_module
 from lightning_split.planning.cutgraph import CostGraph
 from lightning_split.planning.planner import (
     METHODS,
@@ -170,7 +170,7 @@ def test_blockwise_with_min_cut_clusters_matches_exhaustive(case):
         return
     oracle = exhaustive(profile, pin_device, pin_server)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(planner, "_TINY_CLUSTER", 0)
+        patch.setattr(cluster_module, "_TINY_CLUSTER", 0)
         result = plan(profile, "blockwise", pin_device, pin_server)
     check_plan(profile, result, pin_device, pin_server)
     assert result.predicted_step_s == pytest.approx(oracle.predicted_step_s, abs=TOL)
