@@ -59,6 +59,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import attrgetter
 
 from lightning_split.planning.boundaries import boundary_positions
 from lightning_split.planning.clusters import Cluster, Placement, cluster_values, core_mask, find_clusters
@@ -215,24 +216,20 @@ def _value(placement: Placement | None) -> int:
 
 @dataclass(frozen=True)
 class _Case:
-    """One case of the series decomposition: the range ``lo..hi`` is free, the rest is decided.
+    """One case of the series decomposition: the range of :func:`_range` is free, the rest is decided.
 
     Attributes:
+        index: ``i`` of the module docstring: boundaries ``1..i`` on the device, the rest on the server.
         lower: a lower bound on the case's best total, to try the cases in order and stop early.
         constant: the cost of the nodes outside the range (:data:`INFEASIBLE`: ruled out).
-        index: ``i`` of the module docstring: boundaries ``1..i`` on the device, the rest on the server.
-        lo: first position of the range (``bi``, or 0 in the first case).
-        hi: last position of the range (``b(i+1)``, or the last node in the last case).
         server_elsewhere: some node outside the range is on the server (the rtt is paid anyway).
             Only the last case can do without, by putting every cluster before the range all on
             the device: see :attr:`all_device_before`.
     """
 
+    index: int
     lower: int
     constant: int
-    index: int
-    lo: int
-    hi: int
     server_elsewhere: bool
 
     @property
@@ -262,16 +259,15 @@ def _cases(layout: _Layout, sums: _Sums) -> list[_Case]:
         if sums.prefix_device[last] < sums.plain_device[last] or first_server < last:
             # some cluster before `last` uses the server
             cases.append(_case(layout, sums, k, sums.prefix_device[last], True))
-    cases.sort(key=lambda case: case.lower)
+    cases.sort(key=attrgetter("lower"))
     return cases
 
 
 def _case(layout: _Layout, sums: _Sums, index: int, constant: int, server_elsewhere: bool) -> _Case:
     """Case ``index`` with the cost ``constant`` outside its range, and its lower bound."""
-    costs, bounds, k = layout.costs, layout.bounds, len(layout.bounds)
+    costs, k = layout.costs, len(layout.bounds)
     dev, srv = costs.dev, costs.srv
-    lo = bounds[index - 1] if index > 0 else 0
-    hi = bounds[index] if index < k else costs.n - 1
+    lo, hi = _range(layout, index)
     lower = constant + sums.prefix_cheapest[hi + 1] - sums.prefix_cheapest[lo] + costs.rtt2
     if index > 0:  # the left boundary is on the device
         lower += dev[lo] - min(dev[lo], srv[lo])
@@ -294,12 +290,18 @@ def _case(layout: _Layout, sums: _Sums, index: int, constant: int, server_elsewh
     if index == k and not server_pinned:  # all-device may be the best, and is cheaper than the bound
         rtt = costs.rtt2 if server_elsewhere else 0
         lower = min(lower, constant + sums.plain_device[hi + 1] - sums.plain_device[lo] + rtt)
-    return _Case(lower, constant, index, lo, hi, server_elsewhere)
+    return _Case(index, lower, constant, server_elsewhere)
+
+
+def _range(layout: _Layout, index: int) -> tuple[int, int]:
+    """First and last positions of the free range of case ``index``: ``bi`` (or 0) to ``b(i+1)`` (or the last node)."""
+    bounds = layout.bounds
+    return bounds[index - 1] if index > 0 else 0, bounds[index] if index < len(bounds) else layout.costs.n - 1
 
 
 def _pins(layout: _Layout, case: _Case) -> tuple[set[int], set[int]]:
     """The nodes of the case's range pinned to the device (pins, inputs, the left boundary) and to the server."""
-    lo, hi = case.lo, case.hi
+    lo, hi = _range(layout, case.index)
     on_device = {v for v in layout.must_device if lo <= v <= hi}
     on_server = {v for v in layout.on_server if lo <= v <= hi}
     if case.index > 0:
@@ -317,8 +319,9 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
             break
         if case.constant >= INFEASIBLE:
             continue
+        lo, hi = _range(layout, case.index)
         on_device, on_server = _pins(layout, case)
-        value, device = solve_range(layout.costs, case.lo, case.hi, on_device, on_server, case.server_elsewhere, True)
+        value, device = solve_range(layout.costs, lo, hi, on_device, on_server, case.server_elsewhere, True)
         if best_value < 0 or case.constant + value < best_value:
             best_value, best = case.constant + value, (case, device)
     assert best is not None  # resolve_pins guarantees a feasible placement, which lies in some case
@@ -328,8 +331,9 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
 def _placement(layout: _Layout, case: _Case, device: list[int]) -> list[int]:
     """Original device positions of the best placement of ``case``, given its range's device positions."""
     order, core = layout.order, layout.core
+    lo, _ = _range(layout, case.index)
     placed = [order[v] for v in device]
-    placed += [order[v] for v in range(case.lo) if core[v]]
+    placed += [order[v] for v in range(lo) if core[v]]  # the core nodes before the range
     for attached in layout.clusters:
         if attached.gap < case.index:
             placed += attached.cluster.nodes if case.all_device_before else attached.on_device[1]

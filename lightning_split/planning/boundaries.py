@@ -44,15 +44,14 @@ def boundary_positions(
     Without ``core`` every node is core: the boundaries of the whole graph. See the module
     docstring for the sweep and for which boundaries a cluster blocks.
     """
-    n = costs.n
+    n, inputs, consumers = costs.n, costs.inputs, costs.consumers
     opened = [0] * (n + 1)
     last_source, first_sink = -1, n
     for w in range(n):
         if core is None:
-            sources, feeds_core = costs.inputs[w], bool(costs.consumers[w])
+            sources = inputs[w]
         elif core[w]:
-            sources = [u for u in costs.inputs[w] if core[u]]
-            feeds_core = any(core[v] for v in costs.consumers[w])
+            sources = [u for u in inputs[w] if core[u]]
         else:
             continue
         if not sources:
@@ -60,7 +59,7 @@ def boundary_positions(
         for u in sources:
             opened[u + 1] += 1
             opened[w] -= 1
-        if first_sink == n and not feeds_core:
+        if first_sink == n and not (consumers[w] if core is None else any(core[v] for v in consumers[w])):
             first_sink = w
     for cluster in clusters:
         for start, stop in _blocked(cluster):
