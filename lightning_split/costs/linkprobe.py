@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from lightning_split.graph.capture import TracedModel
 from lightning_split.planning.profile import Link
+from lightning_split.transport import messages
 
 if TYPE_CHECKING:
     from lightning_split.transport.client import RemoteServer
@@ -30,9 +31,9 @@ MAX_PROBE_BYTES = 16 * 2**20
 NOISE_FLOOR_S = 50e-6
 
 
-def ping_op(payload: torch.Tensor | None = None, reply_bytes: int = 0) -> dict[str, Any]:
+def ping_op(payload: torch.Tensor | None = None, reply_bytes: int = 0) -> messages.Ping:
     """A ``ping`` op carrying ``payload``; the reply carries ``reply_bytes`` bytes, the server's hardware and torch."""
-    return {"op": "ping", "payload": payload, "reply_bytes": reply_bytes}
+    return messages.Ping(payload=payload, reply_bytes=reply_bytes)
 
 
 def measure_link(
@@ -87,7 +88,7 @@ def measure_link(
     return Link(rate("up", 1, base_up), rate("down", 2, base_down), rtt)
 
 
-def _timed_call(remote: RemoteServer, op: dict[str, Any]) -> tuple[float, int, int]:
+def _timed_call(remote: RemoteServer, op: messages.Ping) -> tuple[float, int, int]:
     """Seconds of one request/reply, and its message bytes up and down."""
     before = remote.traffic.snapshot()
     started = time.perf_counter()

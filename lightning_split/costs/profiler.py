@@ -23,6 +23,7 @@ from lightning_split.costs.linkprobe import ping_op
 from lightning_split.costs.timing import hardware_name, normalised_device, time_node_costs
 from lightning_split.graph.capture import TracedModel
 from lightning_split.graph.describe import ModelDescription, example_of
+from lightning_split.transport import messages
 
 if TYPE_CHECKING:
     from lightning_split.transport.client import RemoteServer
@@ -168,45 +169,46 @@ class Profiler:
             wall_s = time.perf_counter() - started
             return NodeCosts(hit.node_s, "server", hit.hardware, wall_s, hit.measure_s, True, hit.details)
         (reply,) = remote.call([self._profile_request(fields, optimizers)])
-        node_s = {str(name): float(value) for name, value in reply["node_s"].items()}
+        node_s = {str(name): float(value) for name, value in reply.node_s.items()}
         missing = [info.name for info in traced.nodes if info.name not in node_s]
         if missing:
             raise RuntimeError(f"the server's profile lacks node(s) {missing[:8]}; is it serving the same model?")
         wall_s = time.perf_counter() - started
-        details = dict(reply.get("calibration", {}))
+        details = dict(reply.calibration)
         if self.cache is not None and key is not None:
-            self.cache.put(key, node_s, float(reply["measure_s"]), str(reply["hardware"]), details)
-        return NodeCosts(node_s, "server", str(reply["hardware"]), wall_s, float(reply["measure_s"]), False, details)
+            self.cache.put(key, node_s, float(reply.measure_s), reply.hardware, details)
+        return NodeCosts(node_s, "server", reply.hardware, wall_s, float(reply.measure_s), False, details)
 
     def _server_key(
         self, remote: RemoteServer, fields: Mapping[str, Any], optimizers: Sequence[Mapping[str, Any]]
     ) -> dict[str, Any] | None:
         """The cache key of the server's costs; ``None`` when the server does not say its hardware."""
         (about,) = remote.call([ping_op()])
-        if not (isinstance(about, dict) and about.get("hardware")):
+        if not about.hardware:
             return None
         return ProfileCache.key(
             str(fields["fingerprint"]),
             fields["example"],
             "server",
-            str(about["hardware"]),
+            about.hardware,
             self.warmup,
             self.repeats,
-            torch_version=str(about.get("torch")),
+            torch_version=about.torch or "None",
             model=str(fields["model"]),
             calibrate=self.calibrate,
             optimizers=optimizers,
         )
 
-    def _profile_request(self, fields: Mapping[str, Any], optimizers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def _profile_request(self, fields: Mapping[str, Any], optimizers: Sequence[Mapping[str, Any]]) -> messages.Profile:
         """The ``profile`` op for the model ``fields`` describe, with this profiler's settings."""
-        request = {name: fields[name] for name in ("model", "init_args", "fingerprint", "leaf_modules", "example")}
-        request.update(op="profile", graph=fields.get("graph", []), warmup=self.warmup, repeats=self.repeats)
-        if optimizers:
-            request["optimizers"] = list(optimizers)
-        if not self.calibrate:
-            request["calibrate"] = False
-        return request
+        return messages.Profile(
+            **{name: fields[name] for name in ("model", "init_args", "fingerprint", "leaf_modules", "example")},
+            graph=fields.get("graph", []),
+            warmup=self.warmup,
+            repeats=self.repeats,
+            optimizers=[dict(optimizer) for optimizer in optimizers],
+            calibrate=self.calibrate,
+        )
 
 
 def _covers(node_s: Mapping[str, float], traced: TracedModel) -> bool:

@@ -26,8 +26,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from lightning_split.planning.costmodel import PlanningError
 from lightning_split.planning.pipelined import StageCosts
-from lightning_split.planning.planner import PlanningError
 from lightning_split.planning.profile import Profile
 
 __all__ = [

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_split.planning.planner import PlanningError
+from lightning_split.planning.costmodel import PlanningError
 from lightning_split.planning.profile import Profile
 
 __all__ = [

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_split.planning.constraints import Constraints, resolve
+from lightning_split.planning.costmodel import PlanningError
 from lightning_split.planning.enumeration import search_placements
 from lightning_split.planning.lagrangian import certified_bound, closes
 from lightning_split.planning.pipelined import Objective, PipelinedTime, StageCosts
-from lightning_split.planning.planner import PlanningError
 from lightning_split.planning.profile import Profile
 
 __all__ = ["PipelinedPlan", "best_micro_batches", "plan_pipelined", "sequential_optimum"]

@@ -40,7 +40,8 @@ from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
-from lightning_split.serve.app import EmbeddedServer, ModelHost
+from lightning_split.serve.embedded import EmbeddedServer
+from lightning_split.serve.host import ModelHost
 from lightning_split.transport.client import LinkEmulator, RemoteServer
 
 __all__ = ["Replan", "SplitStrategy"]

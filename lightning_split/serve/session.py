@@ -2,9 +2,10 @@
 
 A :class:`ServerSession` runs what the device asks for, in order: forward passes (kept for
 their backward), backward passes, gradient clipping and optimizer steps that mirror the
-device's optimizers, and state transfers for checkpoints. It knows nothing of sockets or
-framing (see :mod:`lightning_split.serve.app` for the transport) so it can be driven and
-tested directly.
+device's optimizers, and state transfers for checkpoints. :meth:`ServerSession.handle`
+runs one session op (a typed message of :mod:`lightning_split.transport.messages`) through
+a table and returns its reply. It knows nothing of sockets or framing (see
+:mod:`lightning_split.serve.app` for the transport) so it can be driven and tested directly.
 
 The server builds the suffix from *its own* instance of the model class: the device sends
 the init arguments (JSON), the graph fingerprint and the node placement, never code.
@@ -24,6 +25,7 @@ from torch import fx, nn
 
 from lightning_split.graph.metadata import TensorMeta, ValueMeta, decode
 from lightning_split.graph.programs import SplitError, SplitSpec, server_program, used_state
+from lightning_split.transport import messages
 from lightning_split.transport.optimizers import OptimizerSpec, hyperparameter_from_wire, resolve_optimizer
 from lightning_split.transport.protocol import SessionError
 
@@ -110,6 +112,13 @@ class ServerSession:
             raise SessionError(f"optimizer index {index} out of range (the session has {len(self.mirrors)})")
         return self.mirrors[index]
 
+    def handle(self, op: messages.Op) -> messages.Reply | None:
+        """Run one op that concerns only this session (one of :data:`SESSION_OPS`); return its reply."""
+        run = _HANDLERS.get(type(op))
+        if run is None:
+            raise SessionError(f"op {op.name!r} is not an op of the session")
+        return run(self, op)
+
     # -- compute ---------------------------------------------------------------------------
 
     def forward(
@@ -179,7 +188,7 @@ class ServerSession:
         for output, grad in zip(outputs, grads):
             if grad is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
                 continue
-            if not isinstance(grad, torch.Tensor) or not (grad.is_floating_point() or grad.is_complex()):
+            if not (grad.is_floating_point() or grad.is_complex()):  # a tensor or None: the Backward op says so
                 raise SessionError(f"gradients must be floating-point tensors, got {_kind(grad)}")
             if grad.shape != output.shape:
                 raise SessionError(
@@ -297,6 +306,39 @@ class ServerSession:
                 self.load_optimizer_state(index, states)
         except (KeyError, TypeError, RuntimeError) as exc:
             raise SessionError(f"the saved session does not fit this model: {exc!r}") from exc
+
+
+def _forward(session: ServerSession, op: messages.Forward) -> messages.ForwardReply:
+    outputs, rng = session.forward(op.id, op.values, op.requires_grad, op.training, op.grad, op.rng)
+    return messages.ForwardReply(outputs=outputs, rng=rng, compute_s=session.compute_s)
+
+
+def _backward(session: ServerSession, op: messages.Backward) -> messages.BackwardReply:
+    grads = session.backward(op.id, op.grads)
+    return messages.BackwardReply(grads=grads, compute_s=session.compute_s)
+
+
+#: each session op's handler: the op's fields in, its reply out.
+_HANDLERS: dict[type[messages.Op], Callable[[ServerSession, Any], messages.Reply | None]] = {
+    messages.Forward: _forward,
+    messages.Backward: _backward,
+    messages.Release: lambda session, op: session.release(op.ids),
+    messages.ZeroGrad: lambda session, op: session.zero_grad(op.optimizer, op.set_to_none),
+    messages.GradNorms: lambda session, op: messages.GradNormsReply(
+        norms=session.grad_norms(op.optimizer, float(op.norm_type))
+    ),
+    messages.ScaleGrads: lambda session, op: session.scale_grads(op.optimizer, op.coefficient),
+    messages.ClipGradValue: lambda session, op: session.clip_grad_value(op.optimizer, float(op.value)),
+    messages.Step: lambda session, op: session.step(op.optimizer, op.hparams),
+    messages.StateDict: lambda session, op: messages.StateDictReply(state=session.state_dict()),
+    messages.OptimizerState: lambda session, op: messages.OptimizerStateReply(
+        state=session.optimizer_state(op.optimizer)
+    ),
+    messages.LoadOptimizerState: lambda session, op: session.load_optimizer_state(op.optimizer, op.state),
+}
+
+#: the ops :meth:`ServerSession.handle` runs (the others concern connections, the host or the store).
+SESSION_OPS = frozenset(_HANDLERS)
 
 
 def _kind(value: Any) -> str:

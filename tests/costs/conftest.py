@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lightning_split.serve.app import EmbeddedServer, ModelHost
+from lightning_split.serve.embedded import EmbeddedServer
+from lightning_split.serve.host import ModelHost
 from tests.models import DagNet
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from lightning_split.costs.linkprobe import MIN_PROBE_BYTES, measure_link
-from lightning_split.serve.app import EmbeddedServer
+from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.transport.client import RemoteServer
 
 

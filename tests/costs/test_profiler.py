@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,11 @@ import torch
 
 from lightning_split.costs.cache import ProfileCache
 from lightning_split.costs.profiler import Profiler, model_fields
-from lightning_split.serve.app import EmbeddedServer
+from lightning_split.serve.embedded import EmbeddedServer
+from lightning_split.transport import messages
 from lightning_split.transport.client import RemoteServer
 from lightning_split.transport.optimizers import describe_optimizers
-from lightning_split.transport.protocol import ProtocolError, RemoteError, check_op
+from lightning_split.transport.protocol import ProtocolError, RemoteError
 from tests.costs.common import param_bytes, trace
 from tests.models import DagNet
 
@@ -45,24 +47,24 @@ def test_profile_op_adds_the_optimizer_step_to_parameter_nodes(embedded: Embedde
     described = describe_optimizers(model, [torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)])
     remote = RemoteServer(embedded.url)
     profiler = Profiler(ProfileCache(tmp_path), warmup=1, repeats=2)
-    request = {"op": "profile", **fields, "warmup": 1, "repeats": 2}
+    request = messages.Profile(**fields, warmup=1, repeats=2)
     try:
         (plain,) = remote.call([request])
-        (stepped,) = remote.call([{**request, "optimizers": described}])
-        (uncalibrated,) = remote.call([{**request, "calibrate": False}])
+        (stepped,) = remote.call([dataclasses.replace(request, optimizers=described)])
+        (uncalibrated,) = remote.call([dataclasses.replace(request, calibrate=False)])
         with pytest.raises(RemoteError, match=r"not a torch\.optim optimizer"):
-            remote.call([{**request, "optimizers": [{**described[0], "class": "os.system"}]}])
+            remote.call([dataclasses.replace(request, optimizers=[{**described[0], "class": "os.system"}])])
         without = profiler.server_costs(remote, traced, fields)
         with_sgd = profiler.server_costs(remote, traced, fields, described)
     finally:
         remote.close()
     param_nodes = {info.name for info in traced.nodes if param_bytes(traced, info.name)}
-    assert plain["calibration"]["optimizer_s"] == 0.0 and not plain["optimizer_node_s"]
-    assert set(stepped["optimizer_node_s"]) == param_nodes and stepped["calibration"]["optimizer_s"] > 0
+    assert plain.calibration["optimizer_s"] == 0.0 and not plain.optimizer_node_s
+    assert set(stepped.optimizer_node_s) == param_nodes and stepped.calibration["optimizer_s"] > 0
     for name in param_nodes:  # each parameter node costs its calibrated forward+backward plus its share
-        assert stepped["node_s"][name] > stepped["optimizer_node_s"][name] > 0
-    assert sum(plain["node_s"].values()) == pytest.approx(plain["calibration"]["whole_s"], rel=1e-9)
-    assert uncalibrated["calibration"]["whole_s"] is None and uncalibrated["calibration"]["scale"] == 1.0
+        assert stepped.node_s[name] > stepped.optimizer_node_s[name] > 0
+    assert sum(plain.node_s.values()) == pytest.approx(plain.calibration["whole_s"], rel=1e-9)
+    assert uncalibrated.calibration["whole_s"] is None and uncalibrated.calibration["scale"] == 1.0
     assert not without.cached and not with_sgd.cached, "the optimizers must be part of the cache key"
     assert with_sgd.details["optimizer_s"] > 0 and without.details["optimizer_s"] == 0.0
     assert with_sgd.extras()["server_scale"] == with_sgd.details["scale"]
@@ -71,9 +73,9 @@ def test_profile_op_adds_the_optimizer_step_to_parameter_nodes(embedded: Embedde
 def test_profile_op_fields_optimizers_and_calibrate_are_optional() -> None:
     base = {"op": "profile", "model": "m", "init_args": {}, "fingerprint": "f", "example": {}}
     base.update(warmup=1, repeats=1)
-    assert check_op(base) is base
-    assert check_op({**base, "optimizers": [], "calibrate": False})
+    assert messages.Profile.from_wire(base).to_wire() == base
+    assert messages.Profile.from_wire({**base, "optimizers": [], "calibrate": False})
     with pytest.raises(ProtocolError, match="'calibrate' must be bool"):
-        check_op({**base, "calibrate": 1})
+        messages.Profile.from_wire({**base, "calibrate": 1})
     with pytest.raises(ProtocolError, match="'optimizers' must be list"):
-        check_op({**base, "optimizers": {}})
+        messages.Profile.from_wire({**base, "optimizers": {}})

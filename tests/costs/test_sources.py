@@ -23,7 +23,7 @@ from lightning_split.costs.sources import (
 from lightning_split.costs.timing import measure_node_costs
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.placement import place_model
-from lightning_split.serve.app import EmbeddedServer
+from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.transport.client import RemoteServer
 from tests.costs.common import trace
 from tests.models import DagNet
