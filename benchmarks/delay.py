@@ -244,22 +244,13 @@ def unit_from_traced(traced: Any, name: str) -> Profile:
 
     Each node's ``device_s`` is then its forward work in GFLOP (``FlopCounterMode`` FLOPs, or
     one per output element), the quantity both cost models scale. Call-module nodes carry
-    their module class as the extra field ``module_class``.
+    their module class as the extra field ``module_class`` (the estimator writes it).
     """
     from lightning_split.costs.estimate import estimate_profile
 
     profile = estimate_profile(traced, Link.from_mbps(100.0), 1.0, 1.0, backward_factor=0.0, min_node_s=0.0)
-    classes = {info.name: type(traced.graph_module.get_submodule(info.target)).__name__
-               for info in traced.nodes if info.op == "call_module"}  # fmt: skip
-    nodes = [
-        NodeCost(
-            n.name, n.kind, n.inputs, n.out_bytes, n.device_s, n.server_s, {**n.extra, "module_class": classes[n.name]}
-        )
-        if n.name in classes
-        else n
-        for n in profile.nodes
-    ]
-    return Profile(nodes, profile.outputs, profile.link, {**profile.extra, "model": name})
+    profile.extra["model"] = name
+    return profile
 
 
 def unit_profile(workload: Workload, cache_dir: Path | None) -> tuple[Profile, float | None]:

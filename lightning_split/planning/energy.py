@@ -38,14 +38,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_split.planning.costmodel import Breakdown, step_time
 from lightning_split.planning.hardware import Hardware, Radio, preset, radio
-from lightning_split.planning.planner import Breakdown, step_time
 from lightning_split.planning.profile import Link, NodeCost, Profile
 
-__all__ = ["OBJECTIVES", "EnergyBreakdown", "EnergyModel", "crossing_bytes", "energy_profile", "step_energy"]
+__all__ = [
+    "DEFAULT_DEVICE",
+    "DEFAULT_RADIO",
+    "OBJECTIVES",
+    "EnergyBreakdown",
+    "EnergyModel",
+    "crossing_bytes",
+    "energy_model_for",
+    "energy_profile",
+    "step_energy",
+]
 
 #: What the planner can minimise: the step time or the device's energy per step.
 OBJECTIVES = ("time", "energy")
+#: The device whose power is assumed when a profile names none: the Jetson Nano class that the
+#: FLOP estimate's default throughput stands for.
+DEFAULT_DEVICE = "jetson-nano"
+#: The radio assumed when none is named.
+DEFAULT_RADIO = "wifi"
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class EnergyModel:
         radio: the radio's per-byte energy and base power.
         device: the preset's key, when built from one.
         idle_known: whether ``idle_w`` is a known figure (``False``: waiting is charged nothing).
+        assumed: the device was not named but assumed (:data:`DEFAULT_DEVICE`).
     """
 
     active_w: float
@@ -65,6 +81,7 @@ class EnergyModel:
     radio: Radio
     device: str | None = None
     idle_known: bool = True
+    assumed: bool = False
 
     def __post_init__(self) -> None:
         for name in ("active_w", "idle_w"):
@@ -73,20 +90,46 @@ class EnergyModel:
                 raise ValueError(f"{name} must be finite watts >= 0, got {value!r}")
 
     @classmethod
-    def for_device(cls, device: str | Hardware, radio_name: str | Radio = "wifi") -> EnergyModel:
+    def for_device(
+        cls, device: str | Hardware, radio_name: str | Radio = DEFAULT_RADIO, assumed: bool = False
+    ) -> EnergyModel:
         """The model of a device preset (``"jetson-nano"``) over a radio (``"wifi"`` or ``"lte"``)."""
         hw = preset(device, role="device")
         idle = hw.idle_w
-        return cls(hw.active_w, 0.0 if idle is None else idle, radio(radio_name), hw.key, idle is not None)
+        return cls(hw.active_w, 0.0 if idle is None else idle, radio(radio_name), hw.key, idle is not None, assumed)
+
+    def describe(self) -> str:
+        """``"jetson-nano at 10 W (idle not known: waiting costs 0 W), Wi-Fi"``, for reports."""
+        idle = f"{self.idle_w:g} W idle" if self.idle_known else "idle power not known: waiting counted at 0 W"
+        who = self.device or "the device"
+        return f"{who}{' (assumed)' if self.assumed else ''} at {self.active_w:g} W ({idle}), {self.radio.label}"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "device": self.device,
+            "device_assumed": self.assumed,
             "active_w": self.active_w,
             "idle_w": self.idle_w,
             "idle_known": self.idle_known,
-            "radio": self.radio.to_json(),
+            "radio": self.radio.key,
+            "radio_up_j_per_byte": self.radio.up_j_per_byte,
+            "radio_down_j_per_byte": self.radio.down_j_per_byte,
+            "radio_active_w": self.radio.active_w,
         }
+
+
+def energy_model_for(profile: Profile, radio_name: str | Radio | None = None) -> EnergyModel:
+    """The energy model of the device a profile names (its ``device`` field), over its radio.
+
+    The radio is ``radio_name``, else the profile's ``radio`` field, else :data:`DEFAULT_RADIO`.
+    A profile that names no device (a measured one, or a FLOP estimate) gets the power of
+    :data:`DEFAULT_DEVICE`, marked ``assumed``.
+    """
+    chosen = radio_name or profile.extra.get("radio") or DEFAULT_RADIO
+    device = profile.extra.get("device")
+    if isinstance(device, str):
+        return EnergyModel.for_device(device, chosen)
+    return EnergyModel.for_device(DEFAULT_DEVICE, chosen, assumed=True)
 
 
 @dataclass(frozen=True)

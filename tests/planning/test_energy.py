@@ -9,8 +9,9 @@ import pytest
 
 from lightning_split.planning.energy import EnergyModel, crossing_bytes, energy_profile, step_energy
 from lightning_split.planning.hardware import RADIOS, Radio, preset
-from lightning_split.planning.planner import is_feasible, plan, step_time
+from lightning_split.planning.planner import PlanningError, is_feasible, plan, step_time
 from lightning_split.planning.profile import Link, NodeCost, Profile, chain_profile
+from lightning_split.planning.resources import baseline_energies, resources
 
 TOL = 1e-9
 
@@ -108,3 +109,41 @@ def test_unknown_idle_power_charges_waiting_nothing():
         EnergyModel.for_device("t4")
     with pytest.raises(ValueError, match="active_w"):
         EnergyModel(-1.0, 0.0, RADIOS["wifi"])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_planner_s_energy_objective_equals_brute_force(seed):
+    profile = random_dag(100 + seed, n_ops=random.Random(seed).randint(1, 9))
+    model = MODELS[seed % len(MODELS)]
+    best = min(step_energy(profile, device, model).total_j for device in feasible_placements(profile))
+    for method in ("blockwise", "full", "exhaustive"):
+        planned = plan(profile, method, objective="energy", energy=model)
+        assert planned.objective == "energy" and planned.method == method
+        assert step_energy(profile, planned.device, model).total_j == pytest.approx(best, rel=TOL, abs=1e-12)
+        # The plan reports the placement's step time, whatever it minimised.
+        assert planned.predicted_step_s == pytest.approx(step_time(profile, planned.device).total)
+
+
+def test_energy_objective_honours_pins_and_refuses_unknown_objectives():
+    profile = chain_profile([1.0, 1.0, 1.0], [0.1, 0.1, 0.1], [10, 10, 10], Link(1e3, 1e3), input_bytes=10)
+    planned = plan(profile, objective="energy", energy=MODELS[0], pin_device=["n1"])
+    assert "n1" in planned.device
+    with pytest.raises(PlanningError, match="unknown objective 'speed'"):
+        plan(profile, objective="speed")
+
+
+def test_resources_of_a_placement_and_the_baselines_energy():
+    profile = chain_profile([1.0, 2.0], [0.5, 0.25], [100, 10], Link(1000.0, 500.0, 0.01), input_bytes=400)
+    profile.extra["device"] = "raspberry-pi-4"
+    found = resources(profile, ["x", "n0"])
+    assert found.model.device == "raspberry-pi-4" and not found.model.assumed
+    assert found.energy == step_energy(profile, ["x", "n0"], EnergyModel.for_device("raspberry-pi-4"))
+    assert found.capacity_bytes == preset("raspberry-pi-4").memory_bytes and found.fits is True
+    data = found.to_json()
+    assert data["memory"]["total_bytes"] == found.memory.total and data["energy"]["total_j"] == found.energy.total_j
+    assert data["energy"]["device"] == "raspberry-pi-4" and data["energy"]["radio"] == "wifi"
+    energies = baseline_energies(profile)
+    assert energies["device_only"] == pytest.approx(step_energy(profile, profile.names, found.model).total_j)
+    assert energies["server_only"] == pytest.approx(step_energy(profile, ["x"], found.model).total_j)
+    unnamed = resources(chain_profile([1.0], [1.0], [1], Link(1.0, 1.0)), ["x"])
+    assert unnamed.model.device == "jetson-nano" and unnamed.model.assumed and unnamed.fits is None
