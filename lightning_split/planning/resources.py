@@ -13,13 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_split.planning.baselines import baselines
+from lightning_split.planning.baselines import best_layerwise, device_only, server_only
 from lightning_split.planning.energy import EnergyBreakdown, EnergyModel, energy_model_for, energy_profile, step_energy
 from lightning_split.planning.hardware import preset
 from lightning_split.planning.memory import DEFAULT_OPTIMIZER_SLOTS, DeviceMemory, device_memory
 from lightning_split.planning.profile import Profile
 
-__all__ = ["Resources", "baseline_energies", "resources"]
+__all__ = ["Resources", "baseline_energies", "estimated_by", "resources"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,18 @@ class Resources:
         """The ``"memory"`` and ``"energy"`` objects of ``plan --json``."""
         memory = {**self.memory.to_json(), "device_capacity_bytes": self.capacity_bytes, "fits": self.fits}
         return {"memory": memory, "energy": {**self.energy.to_json(), **self.model.to_json()}}
+
+
+def estimated_by(profile: Profile) -> str | None:
+    """How an estimated profile's node costs were made (``None`` for a measured one), for reports.
+
+    ``"estimated from FLOPs"``, or ``"estimated by the roofline of jetson-nano and t4"`` when the
+    estimator costed a side by a hardware preset.
+    """
+    if not profile.extra.get("estimated"):
+        return None
+    presets = [profile.extra[side] for side in ("device", "server") if isinstance(profile.extra.get(side), str)]
+    return f"estimated by the roofline of {' and '.join(presets)}" if presets else "estimated from FLOPs"
 
 
 def _optimizer_slots(profile: Profile, optimizer_slots: int | None) -> int:
@@ -87,8 +99,10 @@ def resources(
 def baseline_energies(profile: Profile, model: EnergyModel | None = None) -> Mapping[str, float]:
     """The device's joules per step of each baseline: ``device_only``, ``server_only``, ``best_layerwise``.
 
-    Each is planned on the profile in joules, so ``best_layerwise`` is the prefix of least
-    energy (the energy objective's layer-wise baseline), and the figures are energies.
+    Each is placed on the profile in joules, so ``best_layerwise`` is the prefix of least
+    energy (the energy objective's layer-wise baseline); the figures are energies.
     """
-    joules = energy_profile(profile, model or energy_model_for(profile))
-    return baselines(joules)
+    chosen = model or energy_model_for(profile)
+    joules = energy_profile(profile, chosen)
+    placements = {"device_only": device_only, "server_only": server_only, "best_layerwise": best_layerwise}
+    return {key: step_energy(profile, place(joules).device, chosen).total_j for key, place in placements.items()}

@@ -17,7 +17,8 @@ from lightning_split.report import format_bytes, render_plan
 from tests.helpers import ROOT
 
 DAGNET = ["--model", "tests.models:DagNet", "--input-shape", "4,1,8,8"]
-KEYS = {"method", "device", "server", "cut", "predicted_step_s", "breakdown", "baselines", "solve_s"}
+KEYS = {"method", "device", "server", "cut", "predicted_step_s", "breakdown", "baselines", "solve_s",
+        "objective", "memory", "energy", "baselines_energy_j"}  # fmt: skip
 TERMS = {"device_s", "server_s", "upload_s", "download_s", "rtt_s"}
 
 # The profile example of the original interface contract (the format: docs/profile-format.md), verbatim: its
