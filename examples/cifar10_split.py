@@ -194,7 +194,7 @@ def leaking_baselines_text(profile: Any) -> str:
     ]
     if not leaking:
         return "every baseline keeps the raw inputs on the device too"
-    return f"{' and '.join(leaking)} would send the raw inputs to the server: the plan may not, so it is slower here"
+    return f"{' and '.join(leaking)} would send the raw inputs to the server (the plan keeps them on the device)"
 
 
 def _report_traffic(result: RunResult) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def test_demo_plans_for_a_named_target_and_trains_that_split(in_tmp, capsys):
     assert not private_input_violations(placement.profile, placement.plan.device)
     assert f"trained cut: {', '.join(placement.spec.cut)}" in out
     traffic = next(line for line in out.splitlines() if line.startswith("traffic per step: predicted"))
-    up, down = (float(part.split("x")[0]) for part in traffic.split("(")[1].split(" and "))
+    up, down = (float(ratio) for ratio in re.search(r"\(([\d.]+)x and ([\d.]+)x", traffic).groups())
     # What crossed is the predicted activations, gradients and outputs, plus the messages' headers.
     assert 1.0 <= up < 1.5 and 1.0 <= down < 1.5, traffic
 
