@@ -186,6 +186,22 @@ def _add_plan_parser(commands: Any) -> None:
         metavar="FILE.png|FILE.svg",
         help="also draw the placed graph and the step time against bandwidth into this file (needs matplotlib)",
     )
+    shape = plan.add_argument_group("pipelining, codecs and constraints (docs/cost-model.md)")
+    shape.add_argument(
+        "--micro-batches",
+        default="1",
+        metavar="M|auto",
+        help="plan the pipelined step of M micro-batches, or choose M in 1..16 (default: 1, sequential)",
+    )
+    shape.add_argument(
+        "--codec", choices=("none", "fp16", "bf16", "int8"), default="none", help="codec of the tensors that cross"
+    )
+    shape.add_argument(
+        "--no-private-inputs",
+        action="store_true",
+        help="allow the raw inputs (or what is computed from them alone) to cross to the server",
+    )
+    shape.add_argument("--device-memory", type=int, metavar="BYTES", help="the device part's training memory budget")
     model = plan.add_argument_group("estimating a profile from a model (instead of PROFILE.json)")
     model.add_argument(
         "--model", metavar="pkg.module:Class", help="the model class, as pkg.module:Class (imported and traced here)"
@@ -226,7 +242,8 @@ def _add_plan_parser(commands: Any) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from lightning_split.planning.planner import PlanningError, baselines, plan
+    from lightning_split.planning.constrained import plan_with_options
+    from lightning_split.planning.planner import PlanningError
     from lightning_split.report import render_plan
 
     if args.profile and args.model:
@@ -243,18 +260,36 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         raise CommandError("give a profile file (plan PROFILE.json) or a model (plan --model pkg.module:Class ...)")
 
+    micro_batches = _micro_batches(args.micro_batches)
     try:
-        result = plan(profile, args.method)
-        against = baselines(profile)
+        outcome = plan_with_options(
+            profile,
+            args.method,
+            micro_batches,
+            args.codec,
+            private_inputs=not args.no_private_inputs,
+            device_memory=args.device_memory,
+        )
     except PlanningError as exc:
         raise CommandError(_one_line(str(exc))) from exc
+    for warning in outcome.warnings:
+        print(warning, file=sys.stderr)
+    result, against = outcome.plan, outcome.baselines
     if args.plot:
         _plot(profile, result, against, title, args.plot)
     if args.json:
-        print(json.dumps(result.to_json(against)))
+        print(json.dumps(outcome.to_json()))
     else:
         print(render_plan(profile, result, against, title=title))
     return 0
+
+
+def _micro_batches(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise CommandError(f"--micro-batches {text}: give a positive integer or 'auto'")
+    return int(text)
 
 
 def _plot(profile: Any, result: Any, against: dict[str, float], title: str, path: str) -> None:
