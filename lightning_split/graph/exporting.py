@@ -49,7 +49,9 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
+from lightning_split.graph.errors import one_line
 from lightning_split.graph.opaque import OPAQUE_OP, OpaqueCall, call_node, mode_leaf_paths, opaque_modules, outermost
+from lightning_split.graph.recording import PreservedState
 from lightning_split.graph.structure import OutputStructure, flatten_output
 
 __all__ = ["CONSTANTS", "ExportFailure", "ExportedGraph", "export_graph", "export_module"]
@@ -69,7 +71,7 @@ class ExportFailure(RuntimeError):
 
     def __init__(self, path: str, cause: BaseException) -> None:
         where = f"in submodule {path!r}" if path else "in the root's forward"
-        super().__init__(f"torch.export failed {where}: {_one_line(cause)}")
+        super().__init__(f"torch.export failed {where}: {one_line(cause)}")
         self.path = path
         self.cause = cause
 
@@ -122,7 +124,7 @@ def export_module(
             inside = [p for p in [*kept, *auto] if failure.path == p or failure.path.startswith(p + ".")]
             if not failure.path or inside:
                 raise
-            auto[failure.path] = _one_line(failure.cause)
+            auto[failure.path] = one_line(failure.cause)
             continue
         exported.auto_opaque = auto
         return exported
@@ -150,8 +152,6 @@ def export_graph(
     Raises:
         ExportFailure: the export raised (the message names the submodule).
     """
-    from lightning_split.graph.capture import _PreservedState  # capture imports this module
-
     values = [pytree.tree_map(_fresh_tensor, _slot_value(call, slot)) for _, slot in slots]
     captured: dict[str, Any] = {}
 
@@ -163,7 +163,7 @@ def export_graph(
 
     def run_example() -> None:
         bound = rebind(values)
-        with _PreservedState(module), torch.random.fork_rng(devices=[]), torch.no_grad():
+        with PreservedState(module), torch.random.fork_rng(devices=[]), torch.no_grad():
             type(module).forward(module, *bound.args, **bound.kwargs)
 
     stack: list[str] = []
@@ -172,7 +172,7 @@ def export_graph(
     try:
         with opaque_modules(module, opaque, run_example) as calls:
             module.forward = forward  # type: ignore[method-assign]
-            with _PreservedState(module), _tensor_attributes_kept(module), torch.random.fork_rng(devices=[]):
+            with PreservedState(module), _tensor_attributes_kept(module), torch.random.fork_rng(devices=[]):
                 program = _quiet_export(module, tuple(values))
     except Exception as exc:
         raise ExportFailure(stack[-1] if stack else "", exc) from exc
@@ -203,7 +203,8 @@ def _quiet_export(module: nn.Module, values: tuple[Any, ...]) -> torch.export.Ex
         raise
     finally:
         shapes_log.setLevel(level)
-        sys.stderr.write(captured.getvalue())
+        if captured.getvalue().strip():
+            sys.stderr.write(captured.getvalue())
 
 
 @contextlib.contextmanager
@@ -401,8 +402,3 @@ def _extract(graph: fx.Graph, value: fx.Node, path: Sequence[Any]) -> fx.Node:
 def _dropped(node: fx.Node) -> bool:
     name = getattr(node.target, "__name__", "")
     return not node.users and any(name.startswith(op) for op in _DROPPED_OPS)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -71,10 +71,28 @@ def metadata_nodes(gm: fx.GraphModule) -> set[str]:
 
 
 def with_metadata_nodes(gm: fx.GraphModule, device: Iterable[str]) -> set[str]:
-    """``device`` plus every metadata node whose inputs are all computed there (in graph order)."""
+    """``device`` plus the nodes that belong with it, in graph order.
+
+    Those are the metadata nodes whose inputs are all computed on the device, and the dead
+    ends among its values' readers: nodes nothing uses (a buffer update such as
+    ``num_batches_tracked.add_(1)``, an assertion) whose inputs are all on the device and whose
+    parameters and buffers no node elsewhere reads.
+    """
     placed = set(device)
     readers = metadata_nodes(gm)
     for node in gm.graph.nodes:
-        if node.name in readers and all(n.name in placed for n in node.all_input_nodes):
+        inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
+        if node.name in placed or not all(n.name in placed for n in inputs):
+            continue
+        if node.name in readers or (node.op in _CALLS and not node.users and _state_stays(node, placed)):
             placed.add(node.name)
     return placed
+
+
+_CALLS = ("call_function", "call_method", "call_module")
+
+
+def _state_stays(node: fx.Node, placed: set[str]) -> bool:
+    """Whether every other reader of the get_attr values ``node`` reads is on the device already."""
+    attrs = [n for n in node.all_input_nodes if n.op == "get_attr"]
+    return node.op != "call_module" and all(user is node or user.name in placed for a in attrs for user in a.users)

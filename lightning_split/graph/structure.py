@@ -17,13 +17,14 @@ their fields. Everything else is a leaf.
 from __future__ import annotations
 
 import dataclasses
-from collections import namedtuple
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from torch import fx
 from torch.utils import _pytree as pytree
 
-__all__ = ["OutputStructure", "flatten_output"]
+__all__ = ["RETURNED", "OutputStructure", "ReturnedValue", "flatten_output", "output_leaves"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,11 @@ class OutputStructure:
         return pytree.tree_unflatten(items, self.spec)
 
     def is_plain(self) -> bool:
-        """Whether only exact tuples, lists, dicts and namedtuples hold the leaves (fx keeps those as they are)."""
+        """Whether only exact tuples, lists and dicts hold the leaves (fx returns those as they are).
+
+        fx makes a call of a namedtuple or dataclass constructor a node of the graph, and turns
+        a dict subclass (a ``ModelOutput``) into a plain dict.
+        """
         return all(expanded is None for expanded in self.expanded) and all(_plain_specs(self.spec))
 
 
@@ -104,6 +109,52 @@ def _is_plain_dataclass(value: Any) -> bool:
 def _plain_specs(spec: pytree.TreeSpec) -> Iterator[bool]:
     if spec.is_leaf():
         return
-    yield spec.type in (tuple, list, dict, namedtuple)  # pytree types every namedtuple as ``namedtuple``
+    yield spec.type in (tuple, list, dict)
     for child in spec.children():
         yield from _plain_specs(child)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReturnedValue:
+    """How to rebuild what ``forward`` returns from the values of a graph's nodes.
+
+    Attributes:
+        structure: the returned object's containers.
+        refs: per leaf, ``("node", name)`` (a cost node's value), ``("attr", target)`` (a
+            parameter, buffer or constant of the graph module) or ``("value", constant)``.
+    """
+
+    structure: OutputStructure
+    refs: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def from_leaves(cls, structure: OutputStructure, leaves: Sequence[Any]) -> ReturnedValue:
+        """From the structure's leaves as graph nodes (or constants)."""
+        refs = []
+        for leaf in leaves:
+            if isinstance(leaf, fx.Node):
+                refs.append(("attr", str(leaf.target)) if leaf.op == "get_attr" else ("node", leaf.name))
+            else:
+                refs.append(("value", leaf))
+        return cls(structure, tuple(refs))
+
+    def rebuild(self, values: Mapping[str, Any], gm: fx.GraphModule) -> Any:
+        """The returned object, from the values of the cost nodes by name."""
+        leaves = []
+        for kind, ref in self.refs:
+            if kind == "node":
+                leaves.append(values[ref])
+            elif kind == "attr":
+                leaves.append(operator.attrgetter(ref)(gm))
+            else:
+                leaves.append(ref)
+        return self.structure.rebuild(leaves)
+
+
+RETURNED = "lightning_split.returned"  # the GraphModule.meta key of its ReturnedValue
+
+
+def output_leaves(gm: fx.GraphModule) -> list[Any]:
+    """The leaves of what the graph's output node returns (nodes and constants), in pytree order."""
+    output = next(node for node in reversed(gm.graph.nodes) if node.op == "output")
+    return pytree.tree_leaves(output.args[0])

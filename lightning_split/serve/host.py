@@ -109,8 +109,14 @@ class ModelHost:
             ) from exc
         try:
             example = materialize_skeleton(model.example)
-            traced = trace_module(instance, tuple(example["args"]), dict(example["kwargs"]), model.leaf_modules)
-        except (SplitError, TraceError, KeyError, TypeError) as exc:
+            traced = trace_module(
+                instance,
+                tuple(example["args"]),
+                dict(example["kwargs"]),
+                model.leaf_modules,
+                method=model.capture,  # the device's way, so both sides get the same graph
+            )
+        except (SplitError, TraceError, KeyError, TypeError, ValueError) as exc:
             raise SessionError(f"the server cannot trace its {self.name}: {exc}") from exc
         if traced.fingerprint() != model.fingerprint:
             raise SessionError(

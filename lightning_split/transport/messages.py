@@ -198,6 +198,7 @@ class _ModelFields:
     example: dict[str, Any]  # the skeleton of a batch (shapes and dtypes, never data)
     leaf_modules: list[str] = field(default_factory=list)
     graph: list[Any] | None = None  # the graph summary, to say where the server's graph differs
+    capture: str = "fx"  # how the device captured its graph ("fx" or "export"): the server does the same
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
