@@ -176,10 +176,11 @@ def device_spec_from_cut(gm: fx.GraphModule, cut_names: Iterable[str]) -> SplitS
         if not matches:
             matches = _module_matches(nodes, name)
         if not matches:
-            known = sorted({str(n.target) for n in nodes if n.op == "call_module"})
+            known = sorted({path for n in nodes if (path := node_module_path(n))})
             raise SplitError(
-                f"cut point {name!r} is neither an fx node nor a module path of the traced model; "
-                f"module paths include: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}"
+                f"cut point {name!r} is neither a node nor a module path of the traced model (a module that runs "
+                f"whole has no inner paths); module paths include: {', '.join(known[:12])}"
+                f"{' ...' if len(known) > 12 else ''}"
             )
         selected.extend(matches)
     device: set[str] = {n.name for n in nodes if n.op == "placeholder"}

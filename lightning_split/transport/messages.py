@@ -238,6 +238,7 @@ class Forward(Op):
     training: bool
     grad: bool
     rng: Tensor | None  # the device's CPU random state, when the two sides share random streams
+    rng_same: bool = False  # the state is the one the server's last forward returned: not sent again
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -23,9 +23,6 @@ from lightning_split import SplitStrategy
 from tests import zoo_models
 from tests.helpers import MemoryLogger, ServeProcess, assert_same_parameters, trainer
 
-pytest.importorskip("transformers")
-pytest.importorskip("timm")
-
 pytestmark = pytest.mark.slow
 
 STEPS = 3
