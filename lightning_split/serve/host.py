@@ -122,7 +122,7 @@ class ModelHost:
             raise SessionError(
                 f"the server's {self.name} traces to a different graph than the device's: "
                 f"{_first_difference(model.graph, graph_summary(traced.graph_module))}. "
-                "Are both sides running the same model version and init arguments?"
+                f"Are both sides running the same model version and init arguments? {self._init_hint(init_args)}"
             )
         return traced, example
 
@@ -138,7 +138,21 @@ class ModelHost:
             raise SessionError(f"placement disagrees with the server's graph: device {spec}, server {derived}")
         optimizers = [OptimizerSpec.from_json(o) for o in hello.optimizers]
         cut_meta = [traced.node(name).out_meta for name in spec.cut]
-        return ServerSession(graph, spec, hello.state, optimizers, device=self.device, cut_meta=cut_meta)
+        try:
+            return ServerSession(graph, spec, hello.state, optimizers, device=self.device, cut_meta=cut_meta)
+        except SessionError as exc:
+            if "different model configuration" not in str(exc):
+                raise
+            init_args = self.init_args if self.init_args is not None else hello.init_args
+            raise SessionError(f"{exc}. {self._init_hint(init_args)}") from exc
+
+    def _init_hint(self, init_args: Mapping[str, Any]) -> str:
+        """How the server built its copy, and how a device passes the arguments its model was built with."""
+        return (
+            f"The server builds its copy as {self.name}(**init_args) with init_args={_short(dict(init_args))}: "
+            "a module built with other arguments must record them (self.save_hyperparameters() in its "
+            "__init__) or the device must pass them (SplitStrategy(init_args={...}))"
+        )
 
 
 def _short(value: Any, limit: int = 120) -> str:
