@@ -138,13 +138,7 @@ class ModelHost:
             raise SessionError(f"placement disagrees with the server's graph: device {spec}, server {derived}")
         optimizers = [OptimizerSpec.from_json(o) for o in hello.optimizers]
         cut_meta = [traced.node(name).out_meta for name in spec.cut]
-        try:
-            return ServerSession(graph, spec, hello.state, optimizers, device=self.device, cut_meta=cut_meta)
-        except SessionError as exc:
-            if "different model configuration" not in str(exc):
-                raise
-            init_args = self.init_args if self.init_args is not None else hello.init_args
-            raise SessionError(f"{exc}. {self._init_hint(init_args)}") from exc
+        return ServerSession(graph, spec, hello.state, optimizers, device=self.device, cut_meta=cut_meta)
 
     def _init_hint(self, init_args: Mapping[str, Any]) -> str:
         """How the server built its copy, and how a device passes the arguments its model was built with."""
