@@ -116,6 +116,7 @@ class SplitRuntime:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.rng_sync = False
         self._rng_returned: torch.Tensor | None = None  # the random state the server last handed back
+        self.setup_traffic = Traffic()  # the connection's traffic when the session was open (weights, probes)
         self.opened = False
         self._ids = itertools.count()
         self._pending: set[int] = set()
@@ -152,6 +153,7 @@ class SplitRuntime:
         self._move_optimizer_state_to_server()
         if self.release_server_state:
             self.release()
+        self.setup_traffic = self.remote.traffic.snapshot()
 
     def close(self, end_connection: bool = True) -> None:
         """Bring the suffix's state home and end the session (and the connection, unless told to keep it)."""
