@@ -81,5 +81,8 @@ def test_zoo_model_trains_split_equal_to_local(name):
         assert cut_bytes == 8 * 80 * 2 * 2 * 4  # the blocks.3 activation alone
         logged = [metrics for _, metrics in logger.metrics if "split/bytes_up" in metrics]
         per_step = [metrics["split/bytes_up"] for metrics in logged]
-        assert len(per_step) == STEPS and max(per_step) <= 1.5 * cut_bytes, per_step
+        # the first forward also carries the device's random state (5 KB), which later ones only refer to
+        random_state = torch.get_rng_state().numel()
+        assert len(per_step) == STEPS and per_step[0] <= 1.5 * cut_bytes + random_state, per_step
+        assert max(per_step[1:]) <= 1.5 * cut_bytes, per_step
         assert logged[0]["split/setup_bytes_up"] > 4_000_000 * 4 * 0.5  # the weights went up once, apart
