@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_split.planning.profile import DEFAULT_LINK
+from lightning_split.planning.units import mbit_per_s
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 logger = logging.getLogger("lightning_split.cli")
@@ -146,8 +147,8 @@ From a model (estimated from FLOPs or hardware presets, nothing is measured):
       [--server-gflops G] [--uplink-mbps M] [--downlink-mbps M] [--rtt-ms R] [--out PROFILE.json] [--json]
   lightning-split plan --model pkg.module:Class --input-shape 32,3,32,32 --device jetson-nano --server t4
       --link 50mbit,5ms [--json]      (presets: lightning_split.planning.hardware, e.g. raspberry-pi-4, a10)
-Either form takes --plot FILE.png|FILE.svg (the placed graph and the step time against bandwidth),
---objective time|energy (the device's energy per step) and --radio wifi|lte (its radio energy).
+Either form takes --plot FILE.png|FILE.svg (the placed graph, the step time against bandwidth),
+--objective time|energy and --radio wifi|lte (the device's energy per step), and the pipelining flags.
 """
 
 # Options that only make sense when the profile is estimated from --model (a profile file
@@ -165,7 +166,7 @@ _MODEL_ONLY = (
     *_LINK_NUMBERS,
     ("out", "--out"),
 )
-_DEFAULT_UPLINK_MBPS = DEFAULT_LINK.uplink_bytes_per_s * 8 / 1e6
+_DEFAULT_UPLINK_MBPS = mbit_per_s(DEFAULT_LINK.uplink_bytes_per_s)
 _DEFAULT_RTT_MS = DEFAULT_LINK.rtt_s * 1e3
 
 
@@ -191,10 +192,13 @@ def _add_plan_parser(commands: Any) -> None:
         metavar="FILE.png|FILE.svg",
         help="also draw the placed graph and the step time against bandwidth into this file (needs matplotlib)",
     )
-    plan.add_argument(
-        "--objective", choices=("time", "energy"), default="time", help="what to minimise (default: time)"
-    )
+    plan.add_argument("--objective", choices=("time", "energy"), default="time", help="minimise this (default: time)")
     plan.add_argument("--radio", choices=("wifi", "lte"), help="the device's radio, for its energy (default: wifi)")
+    shape = plan.add_argument_group("pipelining, codecs and constraints (docs/cost-model.md)")
+    shape.add_argument("--micro-batches", default="1", metavar="M|auto", help="micro-batches per step (default: 1)")
+    shape.add_argument("--codec", choices=("none", "fp16", "bf16", "int8"), default="none", help="codec on the wire")
+    shape.add_argument("--no-private-inputs", action="store_true", help="let raw inputs cross to the server")
+    shape.add_argument("--device-memory", type=int, metavar="BYTES", help="device training memory budget")
     model = plan.add_argument_group("estimating a profile from a model (instead of PROFILE.json)")
     model.add_argument(
         "--model", metavar="pkg.module:Class", help="the model class, as pkg.module:Class (imported and traced here)"
@@ -223,9 +227,7 @@ def _add_plan_parser(commands: Any) -> None:
         metavar="G",
         help=f"effective GFLOP/s of the server (default: {DEFAULT_SERVER_GFLOPS:g}, a T4 class GPU)",
     )
-    model.add_argument(
-        "--device", metavar="PRESET", help="device hardware preset, costed by its roofline (jetson-nano)"
-    )
+    model.add_argument("--device", metavar="PRESET", help="device hardware preset (jetson-nano): its roofline")
     model.add_argument("--server", metavar="PRESET", help="server hardware preset (t4): its roofline")
     model.add_argument("--link", metavar="LINK", help="the link as text, e.g. 50mbit,5ms or 10mbit/50mbit,20ms")
     model.add_argument(
@@ -257,15 +259,24 @@ def _plan(args: argparse.Namespace) -> int:
         profile, title = _estimate(args)
     else:
         raise CommandError("give a profile file (plan PROFILE.json) or a model (plan --model pkg.module:Class ...)")
-
+    shape = dict(micro_batches=_micro_batches(args.micro_batches), codec=args.codec, device_memory=args.device_memory)
+    shape["private_inputs"] = not args.no_private_inputs
     try:
-        outcome = plan_outcome(profile, args.method, args.objective, energy_model_for(profile, args.radio))
+        outcome = plan_outcome(profile, args.method, args.objective, energy_model_for(profile, args.radio), **shape)
     except (PlanningError, KeyError) as exc:  # KeyError: a profile naming an unknown hardware preset
         raise CommandError(_one_line(str(exc))) from exc
+    for warning in outcome.warnings:
+        print(warning, file=sys.stderr)
     if args.plot:
         _plot(outcome, title, args.plot)
     print(json.dumps(outcome.to_json()) if args.json else outcome.render(title))
     return 0
+
+
+def _micro_batches(text: str) -> int | str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise CommandError(f"--micro-batches {text}: give a positive integer or 'auto'")
+    return text if text == "auto" else int(text)
 
 
 def _plot(outcome: Any, title: str, path: str) -> None:
@@ -298,7 +309,6 @@ def _load_profile(path: str) -> tuple[Any, str]:
 
 def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
     """Import, build, trace and estimate the model of ``--model``; write ``--out`` if asked."""
-
     from lightning_split.costs.estimate import estimate_profile, example_inputs_for
     from lightning_split.graph.capture import trace_module
 
@@ -339,14 +349,12 @@ def _link(args: argparse.Namespace) -> Any:
     from lightning_split.planning.profile import Link, ProfileError
 
     numbers = [flag for attr, flag in _LINK_NUMBERS if getattr(args, attr) is not None]
+    if args.link is not None and numbers:
+        raise CommandError(f"give --link or {', '.join(numbers)}, not both")
+    uplink = _DEFAULT_UPLINK_MBPS if args.uplink_mbps is None else args.uplink_mbps
+    rtt_ms = _DEFAULT_RTT_MS if args.rtt_ms is None else args.rtt_ms
     try:
-        if args.link is not None:
-            if numbers:
-                raise CommandError(f"give --link or {', '.join(numbers)}, not both")
-            return Link.parse(args.link)
-        uplink = _DEFAULT_UPLINK_MBPS if args.uplink_mbps is None else args.uplink_mbps
-        downlink = uplink if args.downlink_mbps is None else args.downlink_mbps
-        link = Link.from_mbps(uplink, downlink, _DEFAULT_RTT_MS if args.rtt_ms is None else args.rtt_ms)
+        link = Link.parse(args.link) if args.link is not None else Link.from_mbps(uplink, args.downlink_mbps, rtt_ms)
         link.validate()
     except ProfileError as exc:
         raise CommandError(f"bad link (--link/--uplink-mbps/--downlink-mbps/--rtt-ms): {exc}") from exc
@@ -576,11 +584,7 @@ def _profile_server(
     try:
         probe = typical_payload_bytes(traced)
         link = measure_link(remote, probe, probe)
-        print(
-            f"link to {args.server}: rtt {link.rtt_s * 1e3:.2f} ms, up {link.uplink_bytes_per_s * 8e-6:.1f} Mbit/s, "
-            f"down {link.downlink_bytes_per_s * 8e-6:.1f} Mbit/s",
-            file=sys.stderr,
-        )
+        print(f"link to {args.server}: {link.describe()}", file=sys.stderr)
         server = profiler.server_costs(remote, traced, model_fields(args.model, init_args, traced, inputs, {}))
     except (ConnectionFailed, RemoteError) as exc:
         raise CommandError(_one_line(str(exc))) from exc

@@ -12,11 +12,12 @@ object (:meth:`PlanOutcome.to_json`) and the picture alike. It needs no torch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_split.planning.constrained import plan_with_options
 from lightning_split.planning.energy import EnergyModel, energy_model_for
-from lightning_split.planning.planner import Plan, baselines, plan
+from lightning_split.planning.planner import Plan
 from lightning_split.planning.profile import Link, NodeCost, Profile
 from lightning_split.planning.resources import Resources, baseline_energies, estimated_by, resources
 from lightning_split.planning.units import format_bytes
@@ -67,9 +68,12 @@ class PlanOutcome:
     Attributes:
         profile: the profile planned on.
         plan: the plan.
-        baselines: the baselines' step times.
+        baselines: the baselines' step times (``sequential_optimum`` among them).
         baseline_energies: the baselines' device joules per step.
         resources: the plan's device memory and energy.
+        extra: the pipelining and constraint fields of ``plan --json`` (``micro_batches``,
+            ``codec``, ``exact``, ``private_inputs``, ...; :mod:`~lightning_split.planning.constrained`).
+        warnings: lines for stderr (a profile whose private inputs cannot be checked).
     """
 
     profile: Profile
@@ -77,14 +81,18 @@ class PlanOutcome:
     baselines: Mapping[str, float]
     baseline_energies: Mapping[str, float]
     resources: Resources
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The ``plan --json`` object: :meth:`Plan.to_json`'s keys, then ``objective``, ``memory``,
-        ``energy`` and ``baselines_energy_j`` (``docs/profile-format.md``)."""
+        """The ``plan --json`` object: :meth:`Plan.to_json`'s keys, ``objective``, ``memory``,
+        ``energy``, ``baselines_energy_j``, then the pipelining and constraint fields
+        (``docs/profile-format.md``)."""
         data = self.plan.to_json(dict(self.baselines))
         data["objective"] = self.plan.objective
         data.update(self.resources.to_json())
         data["baselines_energy_j"] = dict(self.baseline_energies)
+        data.update(self.extra)
         return data
 
     def render(self, title: str | None = None) -> str:
@@ -99,19 +107,29 @@ def plan_outcome(
     energy: EnergyModel | None = None,
     pin_device: Iterable[str] = (),
     pin_server: Iterable[str] = (),
+    **options: Any,
 ) -> PlanOutcome:
     """Plan ``profile`` for ``objective`` and gather what its reports show.
 
     ``energy`` is the device's power and radio (default: the profile's device preset, else an
     assumed Jetson Nano; :func:`~lightning_split.planning.energy.energy_model_for`).
+    ``options`` are :func:`~lightning_split.planning.constrained.plan_with_options`'s
+    ``micro_batches``, ``codec``, ``private_inputs`` (on by default) and ``device_memory``.
 
     Raises:
-        PlanningError: as :func:`~lightning_split.planning.planner.plan` does.
+        PlanningError: as :func:`~lightning_split.planning.constrained.plan_with_options` does.
     """
     model = energy or energy_model_for(profile)
-    result = plan(profile, method, pin_device, pin_server, objective=objective, energy=model)
+    pins = dict(pin_device=pin_device, pin_server=pin_server)
+    found = plan_with_options(profile, method, **options, **pins, objective=objective, energy=model)
     return PlanOutcome(
-        profile, result, baselines(profile), baseline_energies(profile, model), resources(profile, result.device, model)
+        profile,
+        found.plan,
+        found.baselines,
+        baseline_energies(profile, model),
+        resources(profile, found.plan.device, model),
+        found.extra,
+        found.warnings,
     )
 
 

@@ -115,6 +115,8 @@ class SplitRuntime:
             self.key_of.setdefault(id(tensor), key)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.rng_sync = False
+        self._rng_returned: torch.Tensor | None = None  # the random state the server last handed back
+        self.setup_traffic = Traffic()  # the connection's traffic when the session was open (weights, probes)
         self.opened = False
         self._ids = itertools.count()
         self._pending: set[int] = set()
@@ -151,6 +153,7 @@ class SplitRuntime:
         self._move_optimizer_state_to_server()
         if self.release_server_state:
             self.release()
+        self.setup_traffic = self.remote.traffic.snapshot()
 
     def close(self, end_connection: bool = True) -> None:
         """Bring the suffix's state home and end the session (and the connection, unless told to keep it)."""
@@ -294,17 +297,21 @@ class SplitRuntime:
     def _remote_forward(self, call: _Call, values: list[Any], grad: bool) -> list[Any]:
         assert self.remote is not None
         self._flush_forgotten()
+        rng = torch.get_rng_state() if self.rng_sync else None
+        same = rng is not None and self._rng_returned is not None and torch.equal(rng, self._rng_returned)
         op = messages.Forward(
             id=call.id,
             values=[v.detach() if isinstance(v, torch.Tensor) else v for v in values],
             requires_grad=[isinstance(v, torch.Tensor) and v.requires_grad for v in values],
             training=self.module.training,
             grad=grad,
-            rng=torch.get_rng_state() if self.rng_sync else None,
+            rng=None if same else rng,  # unchanged since the server returned it: the server has it
+            rng_same=same,
         )
         (result,) = self.remote.call([op])
         if result.rng is not None:
             torch.set_rng_state(result.rng)
+            self._rng_returned = result.rng
         self._account(result)
         device = _first_device(values)
         return [o.to(device) if isinstance(o, torch.Tensor) else o for o in result.outputs]

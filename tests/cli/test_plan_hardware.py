@@ -112,3 +112,22 @@ def test_presets_apply_to_models_only(capsys, tmp_path):
     # A profile file plans with the radio and objective it is given.
     result = plan_json(capsys, str(path), "--objective", "energy", "--radio", "lte")
     assert result["objective"] == "energy" and result["energy"]["radio"] == "lte"
+
+
+def test_presets_and_pipelining_together(capsys):
+    """The hardware flags and the pipelining flags in one command: every key of both in the JSON."""
+    result = plan_json(capsys, *NANO_T4, "--micro-batches", "2", "--codec", "fp16")
+    assert set(result) >= KEYS and {"lower_bound", "pipelined", "device_footprint_bytes"} <= set(result)
+    assert result["micro_batches"] == 2 and result["codec"] == "fp16" and result["objective"] == "time"
+    assert set(result["memory"]) == MEMORY and set(result["energy"]) == ENERGY
+    assert result["predicted_step_s"] <= result["baselines"]["sequential_optimum"] * (1 + 1e-9)
+
+
+def test_energy_objective_is_for_the_sequential_step(capsys):
+    """The energy objective with micro-batches is refused with the fix; alone its sequential optimum is T's."""
+    assert main(["plan", *NANO_T4, "--objective", "energy", "--micro-batches", "2"]) == 2
+    assert "drop --micro-batches" in capsys.readouterr().err
+    energy = plan_json(capsys, *NANO_T4, "--objective", "energy")
+    fastest = plan_json(capsys, *NANO_T4)
+    assert energy["baselines"]["sequential_optimum"] == fastest["predicted_step_s"]
+    assert energy["energy"]["total_j"] <= fastest["energy"]["total_j"] * (1 + 1e-9)
