@@ -64,7 +64,7 @@ from operator import attrgetter
 from lightning_split.planning.boundaries import boundary_positions
 from lightning_split.planning.clusters import Cluster, Placement, cluster_values, core_mask, find_clusters
 from lightning_split.planning.cutgraph import INFEASIBLE, CostGraph
-from lightning_split.planning.ranges import solve_range
+from lightning_split.planning.ranges import is_compiled, solve_range, solve_ranges
 
 __all__ = ["blockwise"]
 
@@ -312,20 +312,38 @@ def _pins(layout: _Layout, case: _Case) -> tuple[set[int], set[int]]:
 
 
 def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
-    """The case of least total and its range's device positions, trying ``cases`` in order until the bound stops it."""
-    best_value, best = -1, None
+    """The case of least total and its range's device positions, trying ``cases`` in order until the bound stops it.
+
+    Ranges for the compiled engine wait until the cheap ones (chains, small segments) have set
+    the best value so far; those whose bound is still below it are then cut in one call
+    (:func:`~lightning_split.planning.ranges.solve_ranges`). A case left out has a bound at or
+    above a value found, so the optimum is kept.
+    """
+    best: list[tuple[int, _Case, list[int]]] = []
+    deferred: list[_Case] = []
     for case in cases:
-        if best_value >= 0 and case.lower >= best_value:
+        if best and case.lower >= best[0][0]:
             break
         if case.constant >= INFEASIBLE:
             continue
         lo, hi = _range(layout, case.index)
-        on_device, on_server = _pins(layout, case)
-        value, device = solve_range(layout.costs, lo, hi, on_device, on_server, case.server_elsewhere, True)
-        if best_value < 0 or case.constant + value < best_value:
-            best_value, best = case.constant + value, (case, device)
-    assert best is not None  # resolve_pins guarantees a feasible placement, which lies in some case
-    return best
+        if is_compiled(layout.costs, lo, hi):
+            deferred.append(case)
+            continue
+        value, device = solve_range(layout.costs, lo, hi, *_pins(layout, case), case.server_elsewhere, True)
+        _keep(best, case.constant + value, case, device)
+    deferred = [case for case in deferred if not best or case.lower < best[0][0]]
+    requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in deferred]
+    for case, (value, device) in zip(deferred, solve_ranges(layout.costs, requests)):
+        _keep(best, case.constant + value, case, device)
+    assert best  # resolve_pins guarantees a feasible placement, which lies in some case
+    return best[0][1], best[0][2]
+
+
+def _keep(best: list[tuple[int, _Case, list[int]]], total: int, case: _Case, device: list[int]) -> None:
+    """Make ``best`` hold ``(total, case, device)`` if it is empty or ``total`` is lower than its value."""
+    if not best or total < best[0][0]:
+        best[:] = [(total, case, device)]
 
 
 def _placement(layout: _Layout, case: _Case, device: list[int]) -> list[int]:

@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from lightning_split.planning.costmodel import PlanningError
 
-__all__ = ["LIMIT", "MAX_TOTAL", "csgraph_min_cut"]
+__all__ = ["LIMIT", "MAX_TOTAL", "csgraph_min_cut", "csgraph_min_cut_arrays", "csgraph_min_cuts"]
 
 LIMIT = (1 << 30) - 1
 """The largest scaled capacity handed to scipy: a capacity plus a reverse flow stays below ``2**31``."""
@@ -54,18 +54,80 @@ def csgraph_min_cut(edges: Sequence[tuple[int, int, int | None]], source: int, s
         PlanningError: every cut is infinite.
         OverflowError: the capacities add up to :data:`MAX_TOTAL` or more.
     """
-    infinite = 1 + sum(capacity for _, _, capacity in edges if capacity is not None)
-    if infinite * (len(edges) + 1) >= MAX_TOTAL:
+    m = len(edges)
+    labels = np.array([*(u for u, _, _ in edges), *(v for _, v, _ in edges), source, sink], dtype=np.int64)
+    vertices, index = np.unique(labels, return_inverse=True)
+    capacities = np.array([-1 if c is None else c for _, _, c in edges], dtype=np.int64)
+    if m and capacities.max() >= MAX_TOTAL // (m + 1):
         raise OverflowError("capacities too large for int64 residuals")
-    graph = _Residual(edges, source, sink, infinite)
-    value, bound = 0, graph.initial_bound()
-    while bound:
+    s, t = int(index[2 * m]), int(index[2 * m + 1])
+    value, reached = csgraph_min_cut_arrays(index[:m], index[m : 2 * m], capacities, len(vertices), s, t)
+    return value, set(vertices[reached].tolist())
+
+
+def csgraph_min_cut_arrays(
+    tails: np.ndarray, heads: np.ndarray, capacities: np.ndarray, vertices: int, source: int, sink: int
+) -> tuple[int, np.ndarray]:
+    """:func:`csgraph_min_cut` over vertices ``0..vertices-1``, edges as arrays (a capacity of ``-1`` is infinite).
+
+    Returns the cut's value and the vertices of its smallest source side. The capacities must
+    fit ``int64`` with room for their sum (``max * (edges + 1) < MAX_TOTAL``; checked by the callers).
+
+    Raises:
+        PlanningError: every cut is infinite.
+        OverflowError: the capacities add up to :data:`MAX_TOTAL` or more.
+    """
+    finite = capacities >= 0
+    infinite = 1 + int(capacities[finite].sum())
+    if infinite * (len(capacities) + 1) >= MAX_TOTAL:
+        raise OverflowError("capacities too large for int64 residuals")
+    graph = _Residual(tails, heads, np.where(finite, capacities, infinite), vertices, source, sink)
+    value = graph.saturate_two_edge_paths()
+    bound = graph.initial_bound()
+    while bound and value < infinite:
         pushed, reached = graph.phase(bound)
         value += pushed
-        if value >= infinite:
-            raise PlanningError("no feasible placement satisfies the pins")
         bound = min(bound - pushed, graph.cut_capacity(reached))
-    return value, set(graph.vertices[graph.reachable(graph.residual)].tolist())
+    if value >= infinite:  # only a path of infinite edges carries this much
+        raise PlanningError("no feasible placement satisfies the pins")
+    return value, graph.reachable(graph.residual)
+
+
+def csgraph_min_cuts(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]]) -> list[tuple[int, np.ndarray]]:
+    """Minimum cuts of several graphs (source 0, sink 1 each, arrays as in :func:`csgraph_min_cut_arrays`) at once.
+
+    The graphs are joined at their sources and sinks into one graph: every source-sink path
+    lies in one of them, so a minimum cut of the union is a minimum cut of each, and its
+    smallest source side is the union of theirs. One compiled call instead of one per graph;
+    each part's value is its own edges' capacity across the cut.
+
+    Raises:
+        PlanningError: some part has no finite cut.
+        OverflowError: the capacities add up to :data:`MAX_TOTAL` or more.
+    """
+    offsets, total = [], 2
+    for _, _, _, vertices in parts:
+        offsets.append(total - 2)
+        total += vertices - 2
+
+    def relabel(labels: np.ndarray, offset: int) -> np.ndarray:
+        return np.where(labels < 2, labels, labels + offset)
+
+    tails = np.concatenate([relabel(t, off) for (t, _, _, _), off in zip(parts, offsets)])
+    heads = np.concatenate([relabel(h, off) for (_, h, _, _), off in zip(parts, offsets)])
+    capacities = np.concatenate([c for _, _, c, _ in parts])
+    _, reached = csgraph_min_cut_arrays(tails, heads, capacities, total, 0, 1)
+    inside = np.zeros(total, dtype=bool)
+    inside[reached] = True
+    results = []
+    for (t, h, c, vertices), offset in zip(parts, offsets):
+        t, h = relabel(t, offset), relabel(h, offset)
+        crossing = inside[t] & ~inside[h]
+        if (c[crossing] < 0).any():  # not reached when the union's value is finite; kept as a guard
+            raise PlanningError("no feasible placement satisfies the pins")
+        part = reached[(reached < 2) | ((reached >= offset + 2) & (reached < offset + vertices))]
+        results.append((int(c[crossing].sum()), relabel(part, -offset)))
+    return results
 
 
 class _Residual:
@@ -76,14 +138,11 @@ class _Residual:
     array operations.
     """
 
-    def __init__(self, edges: Sequence[tuple[int, int, int | None]], source: int, sink: int, infinite: int) -> None:
-        m = len(edges)
-        labels = np.array([*(u for u, _, _ in edges), *(v for _, v, _ in edges), source, sink], dtype=np.int64)
-        self.vertices, index = np.unique(labels, return_inverse=True)
-        self.n = n = len(self.vertices)
-        self.s, self.t = int(index[2 * m]), int(index[2 * m + 1])
-        capacities = np.array([infinite if c is None else c for _, _, c in edges], dtype=np.int64)
-        tails, heads = index[:m], index[m : 2 * m]
+    def __init__(
+        self, tails: np.ndarray, heads: np.ndarray, capacities: np.ndarray, n: int, source: int, sink: int
+    ) -> None:
+        m = len(tails)
+        self.n, self.s, self.t = n, source, sink
         pattern = csr_matrix(
             (np.concatenate([capacities, np.zeros(m, dtype=np.int64)]), (np.r_[tails, heads], np.r_[heads, tails])),
             shape=(n, n),
@@ -91,6 +150,26 @@ class _Residual:
         pattern.sum_duplicates()
         self.indptr, self.indices, self.residual = pattern.indptr, pattern.indices, pattern.data
         self.rows = np.repeat(np.arange(n), np.diff(self.indptr))
+
+    def saturate_two_edge_paths(self) -> int:
+        """Push flow along every path ``s -> v -> t`` at once (most of the flow, no search); return how much.
+
+        Each node's compute edges form such a path, so this leaves Dinic only the flow that
+        goes through transfer edges: fewer phases, less work in each.
+        """
+        n, s, t, rows, indices, residual = self.n, self.s, self.t, self.rows, self.indices, self.residual
+        out_of_source, into_sink = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        from_s, to_t = rows == s, indices == t
+        out_of_source[indices[from_s]] = residual[from_s]
+        into_sink[rows[to_t]] = residual[to_t]
+        through = np.minimum(out_of_source, into_sink)
+        through[[s, t]] = 0
+        residual[from_s] -= through[indices[from_s]]
+        residual[to_t] -= through[rows[to_t]]
+        back_to_s, back_from_t = indices == s, rows == t
+        residual[back_to_s] += through[rows[back_to_s]]
+        residual[back_from_t] += through[indices[back_from_t]]
+        return int(through.sum())
 
     def initial_bound(self) -> int:
         """The capacity out of the source or into the sink, whichever is smaller: no flow exceeds it."""

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 
 from lightning_split.planning.costmodel import PlanningError, as_names, graph_positions
+from lightning_split.planning.cutarrays import ArrayCosts
 from lightning_split.planning.mincut import SINK, SOURCE, Edge
 from lightning_split.planning.profile import Profile
 
@@ -57,7 +58,8 @@ class CostGraph:
     """
 
     __slots__ = (
-        "consumers", "dev", "inputs", "is_input", "is_output", "n", "names", "position", "rtt2", "srv", "xfer",
+        "_arrays", "consumers", "dev", "inputs", "is_input", "is_output", "n", "names", "position", "rtt2", "srv",
+        "xfer",
     )  # fmt: skip
 
     def __init__(self, profile: Profile) -> None:
@@ -79,6 +81,7 @@ class CostGraph:
             self.is_output[v] = True
         self.is_input = [node.kind == "input" for node in nodes]
         self.rtt2 = round(2.0 * profile.link.rtt_s * PICOSECONDS)
+        self._arrays: ArrayCosts | None = None
 
     def reordered(self, order: list[int]) -> CostGraph:
         """The same costs with the nodes renumbered: new position ``p`` is old position ``order[p]``.
@@ -89,7 +92,7 @@ class CostGraph:
         for new, old in enumerate(order):
             rank[old] = new
         other = object.__new__(CostGraph)
-        other.n, other.rtt2 = self.n, self.rtt2
+        other.n, other.rtt2, other._arrays = self.n, self.rtt2, None
         other.names = [self.names[v] for v in order]
         other.position = {name: p for p, name in enumerate(other.names)}
         other.inputs = [tuple(rank[u] for u in self.inputs[v]) for v in order]
@@ -103,6 +106,12 @@ class CostGraph:
     def graph(self) -> tuple[dict[str, int], list[tuple[int, ...]]]:
         """The profile's :func:`~lightning_split.planning.costmodel.graph_positions`."""
         return self.position, self.inputs
+
+    def arrays(self) -> ArrayCosts:
+        """The costs as numpy arrays, for the compiled engine's cut graphs (built at the first call)."""
+        if self._arrays is None:
+            self._arrays = ArrayCosts(self.dev, self.srv, self.xfer, self.consumers)
+        return self._arrays
 
     def with_inputs(self, on_device: set[int]) -> set[int]:
         """``on_device`` plus every input node: the nodes pinned to the device, by the user or by being inputs."""
