@@ -332,10 +332,11 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
             continue
         value, device = solve_range(layout.costs, lo, hi, *_pins(layout, case), case.server_elsewhere, True)
         _keep(best, case.constant + value, case, device)
-    deferred = [case for case in deferred if not best or case.lower < best[0][0]]
-    requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in deferred]
-    for case, (value, device) in zip(deferred, solve_ranges(layout.costs, requests)):
-        _keep(best, case.constant + value, case, device)
+    for batch in (deferred[:1], deferred[1:]):  # the likeliest first: its value may rule the others out
+        batch = [case for case in batch if not best or case.lower < best[0][0]]
+        requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in batch]
+        for case, (value, device) in zip(batch, solve_ranges(layout.costs, requests)):
+            _keep(best, case.constant + value, case, device)
     assert best  # resolve_pins guarantees a feasible placement, which lies in some case
     return best[0][1], best[0][2]
 

@@ -78,12 +78,13 @@ def csgraph_min_cut_arrays(
         OverflowError: the capacities add up to :data:`MAX_TOTAL` or more.
     """
     finite = capacities >= 0
-    infinite = 1 + int(capacities[finite].sum())
-    if infinite * (len(capacities) + 1) >= MAX_TOTAL:
+    forced = _forced_cut(tails, heads, capacities, finite, vertices, source, sink)
+    infinite = 1 + (int(capacities[finite].sum()) if forced is None else forced)
+    if infinite * 2 * (len(capacities) + 2) >= MAX_TOTAL:
         raise OverflowError("capacities too large for int64 residuals")
     graph = _Residual(tails, heads, np.where(finite, capacities, infinite), vertices, source, sink)
     value = graph.saturate_two_edge_paths()
-    bound = graph.initial_bound()
+    bound = graph.initial_bound() if forced is None else min(graph.initial_bound(), forced - value)
     while bound and value < infinite:
         pushed, reached = graph.phase(bound)
         value += pushed
@@ -91,6 +92,34 @@ def csgraph_min_cut_arrays(
     if value >= infinite:  # only a path of infinite edges carries this much
         raise PlanningError("no feasible placement satisfies the pins")
     return value, graph.reachable(graph.residual)
+
+
+def _forced_cut(
+    tails: np.ndarray,
+    heads: np.ndarray,
+    capacities: np.ndarray,
+    finite: np.ndarray,
+    vertices: int,
+    source: int,
+    sink: int,
+) -> int | None:
+    """The value of the cut around what the source reaches over infinite edges (the pins' closure).
+
+    A finite cut, so the flow is at most this; and an infinite edge counted as one more than
+    it is never in a minimum cut, which keeps the residuals small (the sum of all capacities
+    overflows ``int64`` on deep graphs at low bandwidth). ``None`` when the sink is reached:
+    every cut is infinite.
+    """
+    infinite = ~finite
+    graph = csr_matrix(
+        (np.ones(int(infinite.sum()), dtype=np.int8), (tails[infinite], heads[infinite])), shape=(vertices, vertices)
+    )
+    reached = breadth_first_order(graph, source, directed=True, return_predecessors=False)
+    inside = np.zeros(vertices, dtype=bool)
+    inside[reached] = True
+    if inside[sink]:
+        return None
+    return int(capacities[finite & inside[tails] & ~inside[heads]].sum())
 
 
 def csgraph_min_cuts(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]]) -> list[tuple[int, np.ndarray]]:
