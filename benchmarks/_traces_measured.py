@@ -72,7 +72,9 @@ def digits_profile() -> Any:
 
     module = DigitsWide()
     traced = trace_module(module, (module.example_input_array,))
-    return estimate_profile(traced, Link.from_mbps(50.0, rtt_ms=5.0), device="jetson-nano", server="t4")
+    profile = estimate_profile(traced, Link.from_mbps(50.0, rtt_ms=5.0), device="jetson-nano", server="t4")
+    profile.extra["model"] = f"DigitsWide (benchmarks/_traces_measured.py), batch {BATCH}x1x8x8, jetson-nano + t4"
+    return profile
 
 
 def digits_loader() -> DataLoader:

@@ -25,7 +25,7 @@ so reruns skip the minute of tracing.
 
 Usage::
 
-    python benchmarks/planner.py [--quick] [--out benchmarks/out/planner.json] [--engine ENGINE]
+    python benchmarks/planner.py [--quick] [--out benchmarks/out/planner.json] [--engine ENGINE] [--no-exhaustive]
 
 ``--engine`` picks the min-cut engine of ``full`` and of blockwise's large segments (small ones
 always use augmenting paths), so blockwise's speed-up is measured against ``full`` on the same engine.
@@ -374,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated zoo models to run (default: all; 'none' for none)")
     parser.add_argument("--nodes", help="comma-separated synthetic sizes (default: 1000,2500,5000,10000)")
     parser.add_argument("--budget", type=float, help="seconds of repeats per measurement (default: 2; quick: 0.1)")
+    parser.add_argument("--no-exhaustive", action="store_true", help="skip brute force (the tests check it)")
     parser.add_argument("--engine", choices=ALGORITHMS, default=DEFAULT, help=f"min-cut engine (default: {DEFAULT})")
     args = parser.parse_args(argv)
     with use_algorithm(args.engine):
@@ -419,7 +420,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         graphs[name]["graph_boundaries"] = len(boundaries(profile))
         stopped = None  # the number of feasible placements does not depend on the link: stop once
         for mbps in LINKS_MBPS:
-            row = measure(name, kind, profile, mbps, budget, max_repeats, min_repeats, stopped is None)
+            brute = stopped is None and not args.no_exhaustive
+            row = measure(name, kind, profile, mbps, budget, max_repeats, min_repeats, brute)
             if row["exhaustive"] and row["exhaustive"].get("stopped"):
                 stopped = row["exhaustive"]
             row["exhaustive"] = row["exhaustive"] or stopped
@@ -432,7 +434,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     growth_graphs = [("residual", f"residual_{n}", residual_stack(n)) for n in growth_residual]
     growth_graphs += [("branches", f"branches_{b}", parallel_branches(b)) for b in growth_branches]
     for family, name, profile in growth_graphs:
-        row = measure(name, "growth", profile, GROWTH_MBPS, budget, max_repeats, min_repeats)
+        row = measure(name, "growth", profile, GROWTH_MBPS, budget, max_repeats, min_repeats, not args.no_exhaustive)
         growth.append({"family": family, **row})
         _progress(row)
     for row in results:  # the large stacks of the main table continue the residual series

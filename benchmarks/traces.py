@@ -5,8 +5,8 @@ replays seeded Markov bandwidth traces, one link state per training step, and ch
 placement strategy the predicted step time ``T`` (``docs/cost-model.md``) of the placement it
 holds at each step on that step's link, summed over the trace:
 
-- ``oracle``: the optimal placement of every step, free of charge (a lower bound: no strategy
-  that holds one placement per step can do better),
+- ``oracle``: the optimal placement of every step, free of charge (a lower bound for the
+  strategies that plan as ``SplitStrategy`` does: raw inputs kept on the device),
 - ``replan/N``: the optimal plan for the current link every ``N`` steps (what
   ``SplitStrategy(replan_every=N)`` does), paying its planning time (measured here, each
   re-plan timed with ``time.perf_counter``) and, when the placement changes, its migration:
@@ -24,6 +24,11 @@ holds at each step on that step's link, summed over the trace:
   every ``N`` steps as DADS re-partitions on bandwidth changes, evaluated on the training step,
 - ``device only`` and ``server only``.
 
+The optimal plans keep the raw inputs on the device, as ``SplitStrategy`` does by default
+(``docs/cost-model.md`` section 1c); the layer-wise, DADS-style and server-only placements are
+the unconstrained baselines of section 1, which may send the raw input (``server only`` always
+does).
+
 Link probes are not charged in the predicted part (the link of each step is taken as known);
 the measured part includes them. Traces (``TRACES``): a Markov chain over link states, one
 transition per step, staying in its state with probability ``stay`` and otherwise moving to a
@@ -34,9 +39,10 @@ neighbouring state (one up or one down, equally likely; the ends reflect). The s
 - ``lte``: uplink 1 / 4 / 10 / 25 Mbit/s, downlink 4x the uplink, rtt 80 / 60 / 45 / 35 ms,
   ``stay`` 0.85 (a cell edge to a good cell).
 
-The model of the predicted part is torchvision's MobileNetV2 (10 classes) on CIFAR-sized
-batches of 32, costed by the library's roofline for a Jetson Nano and a T4
-(``estimate_profile(device="jetson-nano", server="t4")``). The measured part trains a small
+The predicted part runs two models, both costed by the library's roofline for a Jetson Nano
+and a T4 (``estimate_profile(device="jetson-nano", server="t4")``): torchvision's MobileNetV2
+(10 classes) on CIFAR-sized batches of 32 (3.5 M parameters: a migration moves tens of MB),
+and the measured part's small CNN (0.25 M parameters). The measured part trains a small
 CNN on sklearn's digits for ``MEASURED_STEPS`` steps on the embedded server, the emulated link
 following the first trace (``SplitStrategy.set_link_limit`` before every batch), once with the
 cut planned at the start and once with ``replan_every=MEASURED_EVERY``, and reports the wall
@@ -64,6 +70,7 @@ from _common import ROOT, machine_info, render_table
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lightning_split.planning.constrained import plan_with_options
 from lightning_split.planning.planner import best_layerwise, device_only, plan, server_only, step_time
 from lightning_split.planning.profile import Link, NodeCost, Profile
 
@@ -138,7 +145,7 @@ def strategies(profile: Profile, every: Sequence[int]) -> list[Strategy]:
     infer = inference_profile(profile)
 
     def optimal(p: Profile) -> tuple[str, ...]:
-        return plan(p, "blockwise").device
+        return plan_with_options(p).plan.device  # as SplitStrategy plans: raw inputs stay on the device
 
     def layerwise(p: Profile) -> tuple[str, ...]:
         return best_layerwise(p).device
@@ -267,15 +274,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     steps = 100 if args.quick else args.steps
-    profile = mobilenet_profile()
-    result: dict[str, Any] = {"machine": machine_info(), "model": profile.extra["model"], "steps": steps,
-                              "seed": args.seed, "optimizer_slots": OPTIMIZER_SLOTS, "traces": {}}  # fmt: skip
-    for trace in TRACES:
-        links = trace.links(steps, args.seed)
-        rows = evaluate(profile, links)
-        result["traces"][trace.name] = {"parameters": trace.to_json(), "rows": rows}
-        print(f"\n{trace.name} trace, {steps} steps, seed {args.seed} ({profile.extra['model']})")
-        print(table(rows))
+    from _traces_measured import digits_profile
+
+    profiles = {"mobilenet_v2": mobilenet_profile(), "digits_wide": digits_profile()}
+    result: dict[str, Any] = {"machine": machine_info(), "steps": steps, "seed": args.seed,
+                              "optimizer_slots": OPTIMIZER_SLOTS, "models": {}}  # fmt: skip
+    for name, profile in profiles.items():
+        runs = result["models"][name] = {"model": profile.extra["model"], "traces": {}}
+        for trace in TRACES:
+            links = trace.links(steps, args.seed)
+            rows = evaluate(profile, links)
+            runs["traces"][trace.name] = {"parameters": trace.to_json(), "rows": rows}
+            print(f"\n{name}, {trace.name} trace, {steps} steps, seed {args.seed} ({profile.extra['model']})")
+            print(table(rows))
     if not (args.quick or args.no_measure):
         links = TRACES[0].links(MEASURED_STEPS, args.seed)
         measured = measured_run(links, MEASURED_STEPS, MEASURED_EVERY)

@@ -39,11 +39,16 @@ def test_the_trace_is_seeded_and_walks_its_states():
 
 
 def test_free_totals_are_bounded_by_the_per_step_optimum(setting):
-    """Without planning and migration costs no strategy beats the oracle, and re-planning every step is the oracle."""
+    """Free of planning and migration costs, no strategy that plans as the library does beats the per-step optimum.
+
+    (The layer-wise, DADS-style and server-only baselines may send the raw input, which the
+    optimal plans do not, so they are not bounded by it.)
+    """
     profile, links, rules = setting
     free = {rule.name: traces.replay(profile, links, rule, free=True)["total_s"] for rule in rules}
     oracle = free["oracle"]
-    assert all(total >= oracle * (1 - TOL) for total in free.values())
+    planned = [name for name in free if name.startswith("replan") or name in ("fixed", "device only")]
+    assert len(planned) == 6 and all(free[name] >= oracle * (1 - TOL) for name in planned)
     assert free["replan/1"] == pytest.approx(oracle, rel=TOL)
     assert free["replan/1"] <= free["fixed"] * (1 + TOL)
 
