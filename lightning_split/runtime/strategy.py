@@ -39,6 +39,7 @@ from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
+from lightning_split.runtime.precision import check_precision
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
 from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.serve.host import ModelHost
@@ -175,6 +176,7 @@ class SplitStrategy(SingleDeviceStrategy):
 
     @override
     def setup(self, trainer: Any) -> None:
+        check_precision(self.precision_plugin)
         super().setup(trainer)
         module = self.lightning_module
         assert module is not None
