@@ -374,7 +374,8 @@ class SplitStrategy(SingleDeviceStrategy):
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
-        strategy_registry.register(cls.strategy_name, cls, description="split learning over websockets")
+        for name in STRATEGY_NAMES:
+            strategy_registry.register(name, cls, description="split learning over websockets", override=True)
 
 
 def _as_link(link: str | Link | None) -> Link | None:
@@ -420,4 +421,9 @@ def _embedded_factory(module: nn.Module) -> Any:
     return factory
 
 
-StrategyRegistry.register(SplitStrategy.strategy_name, SplitStrategy, description="split learning over websockets")
+#: the names ``Trainer(strategy=...)`` accepts for this strategy: ``"split"`` and the class paths, as
+#: LightningCLI passes ``--trainer.strategy=lightning_split.SplitStrategy`` on as a string (which
+#: Lightning lower-cases before it looks the name up).
+STRATEGY_NAMES = ("split", "lightning_split.splitstrategy", "lightning_split.runtime.strategy.splitstrategy")
+
+SplitStrategy.register_strategies(StrategyRegistry)
