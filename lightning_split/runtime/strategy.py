@@ -39,7 +39,7 @@ from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
-from lightning_split.runtime.precision import check_precision
+from lightning_split.runtime.precision import bridge_scaler
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
 from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.serve.host import ModelHost
@@ -176,7 +176,6 @@ class SplitStrategy(SingleDeviceStrategy):
 
     @override
     def setup(self, trainer: Any) -> None:
-        check_precision(self.precision_plugin)
         super().setup(trainer)
         module = self.lightning_module
         assert module is not None
@@ -188,6 +187,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self._restore.append(
             lambda: [plugin.__dict__.pop(n, None) for n in ("clip_grad_by_norm", "clip_grad_by_value")]
         )
+        if getattr(plugin, "scaler", None) is not None:
+            self._restore.append(bridge_scaler(plugin.scaler, self._unscale_server_grads))
         for optimizer in self.optimizers:
             handle = optimizer.register_step_post_hook(self._after_step)
             self._restore.append(handle.remove)
@@ -364,6 +365,9 @@ class SplitStrategy(SingleDeviceStrategy):
             torch.nn.utils.clip_grad_norm_(self.precision_plugin.main_params(optimizer), clip_val)
         else:
             self.runtime.clip_grad_norm(optimizer, float(clip_val))
+
+    def _unscale_server_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> bool:
+        return self.runtime is not None and self.runtime.unscale_server_grads(optimizer, inv_scale)
 
     def _clip_grad_by_value(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
         if self.runtime is None:
