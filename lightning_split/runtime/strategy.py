@@ -35,6 +35,7 @@ from typing_extensions import override
 from lightning_split.costs.sources import ProfileBuilder, cost_source
 from lightning_split.graph.describe import ModelDescription
 from lightning_split.graph.programs import SplitSpec
+from lightning_split.planning.energy import OBJECTIVES, EnergyModel
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
@@ -80,8 +81,10 @@ class SplitStrategy(SingleDeviceStrategy):
             assumed throughputs), or a ``Profile`` or profile file (its costs, matched by node
             name; a profile of another graph is an error).
         costs_options: options of the cost source: for ``"estimate"`` the keyword arguments
-            of :class:`~lightning_split.runtime.placement.EstimatedCosts` (``device_gflops``,
-            ``server_gflops``, ``backward_factor``, ``min_node_s``); for ``"measure"``
+            of :class:`~lightning_split.costs.sources.EstimatedCosts` (``device`` and ``server``
+            hardware presets, ``{"device": "jetson-nano", "server": "t4"}``, costed by their
+            roofline; or ``device_gflops``, ``server_gflops``, ``backward_factor``,
+            ``min_node_s``); for ``"measure"``
             ``warmup`` and ``repeats`` per node and ``cache`` (a directory, or ``False`` for
             no cache; default: :func:`lightning_split.costs.measure.default_cache_dir`).
         plan_link: the link to plan for, as text or ``Link``; ``None`` (the default) measures
@@ -93,6 +96,13 @@ class SplitStrategy(SingleDeviceStrategy):
             with the same node costs; when the optimal placement changes, the boundary moves
             before the next training batch (parameters, buffers and optimizer state of the
             nodes that change sides migrate). ``None``: plan once. Needs ``cut="auto"``.
+        objective: what ``cut="auto"`` minimises: ``"time"`` (the step time) or ``"energy"``
+            (the device's joules per step: its preset's power over its compute and waiting,
+            plus the radio's energy per byte; :mod:`lightning_split.planning.energy`).
+        energy: the device's power and radio
+            (:class:`~lightning_split.planning.energy.EnergyModel`, e.g.
+            ``EnergyModel.for_device("raspberry-pi-4", "lte")``); default: the device preset of
+            ``costs_options``, else an assumed Jetson Nano over Wi-Fi.
     """
 
     strategy_name = "split"
@@ -119,9 +129,13 @@ class SplitStrategy(SingleDeviceStrategy):
         probe_bytes: int | None = None,
         probe_repeats: int = 5,
         replan_every: int | None = None,
+        objective: str = "time",
+        energy: EnergyModel | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, **kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
         if replan_every is not None and (not isinstance(replan_every, int) or replan_every < 1):
             raise ValueError(f"replan_every must be a positive number of optimizer steps or None, got {replan_every!r}")
         if replan_every is not None and cut != "auto":
@@ -147,6 +161,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self.probe_bytes = probe_bytes
         self.probe_repeats = probe_repeats
         self.replan_every = replan_every
+        self.objective = objective
+        self.energy = energy
         self.runtime: SplitRuntime | None = None
         self.plan: Placement | None = None
         self.placements: list[SplitSpec] = []
@@ -284,6 +300,8 @@ class SplitStrategy(SingleDeviceStrategy):
             profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
+            objective=self.objective,
+            energy=self.energy,
         )
         if self.cut == "auto":
             self.plan.notes["plan_s"] = time.perf_counter() - link_started
