@@ -40,6 +40,7 @@ from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
+from lightning_split.runtime.precision import bridge_scaler
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
 from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.serve.host import ModelHost
@@ -202,6 +203,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self._restore.append(
             lambda: [plugin.__dict__.pop(n, None) for n in ("clip_grad_by_norm", "clip_grad_by_value")]
         )
+        if getattr(plugin, "scaler", None) is not None:
+            self._restore.append(bridge_scaler(plugin.scaler, self._unscale_server_grads))
         for optimizer in self.optimizers:
             handle = optimizer.register_step_post_hook(self._after_step)
             self._restore.append(handle.remove)
@@ -381,6 +384,9 @@ class SplitStrategy(SingleDeviceStrategy):
         else:
             self.runtime.clip_grad_norm(optimizer, float(clip_val))
 
+    def _unscale_server_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> bool:
+        return self.runtime is not None and self.runtime.unscale_server_grads(optimizer, inv_scale)
+
     def _clip_grad_by_value(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
         if self.runtime is None:
             torch.nn.utils.clip_grad_value_(self.precision_plugin.main_params(optimizer), clip_val)
@@ -390,7 +396,8 @@ class SplitStrategy(SingleDeviceStrategy):
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
-        strategy_registry.register(cls.strategy_name, cls, description="split learning over websockets")
+        for name in STRATEGY_NAMES:
+            strategy_registry.register(name, cls, description="split learning over websockets", override=True)
 
 
 def _as_link(link: str | Link | None) -> Link | None:
@@ -436,4 +443,9 @@ def _embedded_factory(module: nn.Module) -> Any:
     return factory
 
 
-StrategyRegistry.register(SplitStrategy.strategy_name, SplitStrategy, description="split learning over websockets")
+#: the names ``Trainer(strategy=...)`` accepts for this strategy: ``"split"`` and the class paths, as
+#: LightningCLI passes ``--trainer.strategy=lightning_split.SplitStrategy`` on as a string (which
+#: Lightning lower-cases before it looks the name up).
+STRATEGY_NAMES = ("split", "lightning_split.splitstrategy", "lightning_split.runtime.strategy.splitstrategy")
+
+SplitStrategy.register_strategies(StrategyRegistry)
