@@ -34,7 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["Coupling", "find_couplings", "mode_dependent_active", "traced_couplings"]
+__all__ = [
+    "Coupling",
+    "PerSample",
+    "analyse",
+    "analyse_traced",
+    "find_couplings",
+    "mode_dependent_active",
+    "traced_couplings",
+]
 
 
 @dataclass(frozen=True)
@@ -509,8 +517,22 @@ def _where(gm: fx.GraphModule, node: fx.Node) -> str:
     return f"{prefix}{name} at node {node.name}"
 
 
-def find_couplings(gm: fx.GraphModule, out_meta: Mapping[str, Any], batch_size: int | None) -> list[Coupling]:
-    """Every node of ``gm`` that may mix the samples of a batch (empty: the model is per-sample).
+@dataclass(frozen=True)
+class PerSample:
+    """What :func:`analyse` found.
+
+    Attributes:
+        couplings: the nodes that may mix the samples (empty: the model is per-sample).
+        batch_values: names of the nodes whose values are computed from the batch (the ones a
+            micro-batched forward concatenates); every other value is the same for any batch.
+    """
+
+    couplings: tuple[Coupling, ...]
+    batch_values: frozenset[str]
+
+
+def analyse(gm: fx.GraphModule, out_meta: Mapping[str, Any], batch_size: int | None) -> PerSample:
+    """Classify every node of ``gm``: which values follow the batch, which nodes may mix samples.
 
     Args:
         gm: the traced model.
@@ -522,15 +544,26 @@ def find_couplings(gm: fx.GraphModule, out_meta: Mapping[str, Any], batch_size: 
     reported as one coupling.
     """
     if batch_size is None:
-        return [Coupling("", "the model's inputs", "have no batch dimension to split")]
-    found = _Analysis(gm, out_meta, batch_size).run()
+        return PerSample((Coupling("", "the model's inputs", "have no batch dimension to split"),), frozenset())
+    analysis = _Analysis(gm, out_meta, batch_size)
     unique: dict[tuple[str, str], Coupling] = {}
-    for coupling in found:
+    for coupling in analysis.run():
         unique.setdefault((coupling.node, coupling.reason), coupling)
-    return list(unique.values())
+    batch_values = frozenset(node.name for node, kind in analysis.kind.items() if kind == _TENSOR)
+    return PerSample(tuple(unique.values()), batch_values)
+
+
+def find_couplings(gm: fx.GraphModule, out_meta: Mapping[str, Any], batch_size: int | None) -> list[Coupling]:
+    """The couplings of :func:`analyse`: every node that may mix the samples of a batch."""
+    return list(analyse(gm, out_meta, batch_size).couplings)
+
+
+def analyse_traced(traced: Any) -> PerSample:
+    """:func:`analyse` of a :class:`~lightning_split.graph.capture.TracedModel`."""
+    out_meta = {node.name: node.out_meta for node in traced.nodes}
+    return analyse(traced.graph_module, out_meta, traced.batch_size)
 
 
 def traced_couplings(traced: Any) -> list[Coupling]:
     """:func:`find_couplings` of a :class:`~lightning_split.graph.capture.TracedModel`."""
-    out_meta = {node.name: node.out_meta for node in traced.nodes}
-    return find_couplings(traced.graph_module, out_meta, traced.batch_size)
+    return list(analyse_traced(traced).couplings)

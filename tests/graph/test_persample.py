@@ -131,3 +131,20 @@ def test_values_that_do_not_depend_on_the_batch_are_free():
             return x @ w
 
     assert couplings(ScaledWeight(), 4) == []
+
+
+def test_batch_values_are_the_nodes_computed_from_the_batch():
+    from lightning_split.graph.persample import analyse_traced
+
+    class WithConstant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor):
+            return self.linear(x), self.linear.weight.sum()
+
+    traced = trace_module(WithConstant(), (torch.randn(BATCH, 4),), {})
+    result = analyse_traced(traced)
+    assert result.couplings == ()
+    assert "linear" in result.batch_values and "sum_1" not in result.batch_values
