@@ -314,7 +314,6 @@ def steady_malloc() -> bool:
 
 def link_json(link: Any) -> dict[str, Any]:
     """A link as JSON-safe numbers (``null`` for an unlimited rate) and a readable text."""
-    from lightning_split.runtime.placement import link_text
 
     def rate(value: float) -> float | None:
         return None if math.isinf(value) else value * 8 / 1e6
@@ -323,7 +322,7 @@ def link_json(link: Any) -> dict[str, Any]:
         "up_mbit_s": rate(link.uplink_bytes_per_s),
         "down_mbit_s": rate(link.downlink_bytes_per_s),
         "rtt_ms": link.rtt_s * 1e3,
-        "text": link_text(link),
+        "text": link.describe(),
     }
 
 

@@ -36,8 +36,9 @@ import torch
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
-from lightning_split.serve.app import EmbeddedServer, ModelHost
-from lightning_split.transport import wire
+from lightning_split.serve.embedded import EmbeddedServer
+from lightning_split.serve.host import ModelHost
+from lightning_split.transport import messages, wire
 from lightning_split.transport.client import RemoteServer
 
 
@@ -68,7 +69,7 @@ def session_ping_s(tensor: torch.Tensor, repeats: int) -> float:
     with EmbeddedServer(host) as server:
         remote = RemoteServer(server.url)
         try:
-            return median_s(lambda: remote.call([{"op": "ping", "payload": payload, "reply_bytes": 0}]), repeats)
+            return median_s(lambda: remote.call([messages.Ping(payload=payload, reply_bytes=0)]), repeats)
         finally:
             remote.close()
 

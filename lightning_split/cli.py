@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lightning_split.serve.app import ModelHost, ServerPolicy, SplitServer, bound_url
+    from lightning_split.serve.app import ServerPolicy, SplitServer, bound_url
+    from lightning_split.serve.host import ModelHost
     from lightning_split.transport import wire
 
     token = _read_token(args.token_file)

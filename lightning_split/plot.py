@@ -30,7 +30,7 @@ from typing import Any
 from lightning_split.planning.planner import Plan, plan, series_boundaries
 from lightning_split.planning.planner import baselines as planned_baselines
 from lightning_split.planning.profile import Link, Profile
-from lightning_split.report import format_bytes, format_link
+from lightning_split.planning.units import bytes_per_s, format_bytes, mbit_per_s
 
 __all__ = [
     "BASELINES",
@@ -218,7 +218,7 @@ def scaled_link(link: Link, uplink_mbps: float) -> Link:
     The downlink keeps the profile's downlink/uplink ratio; when either rate is unlimited
     there is no ratio and the downlink is kept as it is.
     """
-    up = uplink_mbps * 1e6 / 8
+    up = bytes_per_s(uplink_mbps)
     if math.isfinite(link.uplink_bytes_per_s) and math.isfinite(link.downlink_bytes_per_s):
         down = up * link.downlink_bytes_per_s / link.uplink_bytes_per_s
     else:
@@ -267,7 +267,7 @@ class Sweep:
 def default_bandwidths(link: Link, points: int = 61) -> list[float]:
     """Log-spaced uplinks from 1 to 1000 Mbit/s, widened to reach 3x either side of ``link``'s uplink."""
     low, high = 1.0, 1000.0
-    own = link.uplink_bytes_per_s * 8 / 1e6
+    own = mbit_per_s(link.uplink_bytes_per_s)
     if math.isfinite(own):
         low, high = min(low, own / 3), max(high, own * 3)
     step = (math.log10(high) - math.log10(low)) / (points - 1)
@@ -411,7 +411,7 @@ def plot_plan(
         _draw_sweep(sweep_axes, profile, placement, curves, own)
         figure.suptitle(
             f"{name}: predicted step {placement.predicted_step_s * 1e3:.1f} ms ({placement.method}), "
-            f"link {format_link(profile.link)}",
+            f"link {profile.link.describe()}",
             fontsize=11,
         )
         figure.tight_layout(rect=(0, 0, 1, 0.97))
@@ -552,7 +552,7 @@ def _draw_sweep(axes: Any, profile: Profile, placement: Plan, curves: Sweep, own
             fontsize=7,
             color="#444444",
         )
-    here = profile.link.uplink_bytes_per_s * 8 / 1e6
+    here = mbit_per_s(profile.link.uplink_bytes_per_s)
     if math.isfinite(here):
         axes.axvline(here, color=CUT_COLOR, lw=1.2, ls="-.", zorder=2)
         axes.text(

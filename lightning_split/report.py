@@ -7,11 +7,11 @@ all show the same thing. It needs no torch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from lightning_split.planning.planner import Plan
 from lightning_split.planning.profile import Link, NodeCost, Profile
+from lightning_split.planning.units import format_bytes
 
 __all__ = ["format_bytes", "format_link", "render_plan"]
 
@@ -22,29 +22,9 @@ _BASELINE_LABELS = {
 }
 
 
-def format_bytes(size: float) -> str:
-    """``512 B``, ``3.0 KiB``, ``1.50 MiB``, ``2.00 GiB``: binary units, three significant-ish digits."""
-    if size < 1024:
-        return f"{size:.0f} B"
-    for unit, scale in (("KiB", 1024.0), ("MiB", 1024.0**2), ("GiB", 1024.0**3)):
-        value = size / scale
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
-    raise AssertionError("unreachable")
-
-
-def _format_rate(bytes_per_s: float) -> str:
-    if math.isinf(bytes_per_s):
-        return "unlimited"
-    return f"{bytes_per_s * 8 / 1e6:g} Mbit/s"
-
-
 def format_link(link: Link) -> str:
-    """The link as ``"100 Mbit/s up, 100 Mbit/s down, rtt 2 ms"``."""
-    return (
-        f"{_format_rate(link.uplink_bytes_per_s)} up, {_format_rate(link.downlink_bytes_per_s)} down, "
-        f"rtt {link.rtt_s * 1e3:g} ms"
-    )
+    """The link as ``"100 Mbit/s up, 100 Mbit/s down, rtt 2 ms"`` (:meth:`Link.describe`)."""
+    return link.describe()
 
 
 def _format_shape(node: NodeCost) -> str:

@@ -130,6 +130,8 @@ class MemoryLogger(Logger):
 
 def open_session(url: str) -> tuple[SplitRuntime, torch.Tensor, list[tuple[int, ...]]]:
     """A session on ``url`` for a DagNet cut at ``b``: its runtime, a batch of digits and the cut shapes."""
+    from lightning_split.graph.describe import ModelDescription
+    from lightning_split.graph.metadata import decode
     from lightning_split.runtime.device import SplitRuntime
     from lightning_split.runtime.placement import place_model
     from lightning_split.transport.client import RemoteServer
@@ -139,10 +141,10 @@ def open_session(url: str) -> tuple[SplitRuntime, torch.Tensor, list[tuple[int, 
     model = DagNet()
     images = digits(32).tensors[0]
     plan = place_model(model, (images,), {}, cut="b")
-    hello = {"model": "tests.models:DagNet", "init_args": dict(model.hparams), **plan.hello_fields()}
+    hello = ModelDescription.of("tests.models:DagNet", dict(model.hparams), plan.traced, plan.example).to_wire()
     runtime = SplitRuntime(
         model, plan.graph_module, plan.spec, RemoteServer(url), hello, graph_args=plan.traced.graph_args
     )
     runtime.open([torch.optim.SGD(model.parameters(), lr=0.1)])
-    cut_shapes = [plan.traced.node(name).out_meta[1] for name in plan.spec.cut]
+    cut_shapes = [decode(plan.traced.node(name).out_meta).shape for name in plan.spec.cut]
     return runtime, images, cut_shapes

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from lightning_split.graph.capture import TracedModel
+from lightning_split.graph.metadata import tensors
 from lightning_split.planning.profile import Link, NodeCost, Profile
 
 __all__ = [
@@ -95,12 +96,13 @@ def estimate_profile(
             "module": info.module_path,
             "flops": info.flops,
             "param_bytes": info.param_bytes,
-            "shape": _first_shape(info.out_meta),
+            "shape": next((list(t.shape) for t in tensors(info.out_meta)), None),
         }
         if info.op == "placeholder":
             nodes.append(NodeCost(info.name, "input", (), info.out_bytes, 0.0, 0.0, extra))
             continue
-        work = (1.0 + backward_factor) * (info.flops if info.flops > 0 else _elements(info.out_meta))
+        elements = sum(t.numel for t in tensors(info.out_meta))
+        work = (1.0 + backward_factor) * (info.flops if info.flops > 0 else elements)
         device_s = max(min_node_s, work / (device_gflops * 1e9))
         server_s = max(min_node_s, work / (server_gflops * 1e9))
         nodes.append(NodeCost(info.name, "op", info.inputs, info.out_bytes, device_s, server_s, extra))
@@ -193,26 +195,3 @@ def example_inputs_for(
     if dtype.is_floating_point:
         return (torch.randn(shape, generator=generator, dtype=dtype),)
     return (torch.randint(0, 2, shape, generator=generator, dtype=dtype),)
-
-
-def _elements(meta: Any) -> int:
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        return math.prod(meta[1])
-    if isinstance(meta, dict):
-        return sum(_elements(item) for item in meta.values())
-    if isinstance(meta, (tuple, list)) and not (len(meta) == 2 and meta[0] == "value"):
-        return sum(_elements(item) for item in meta)
-    return 0
-
-
-def _first_shape(meta: Any) -> list[int] | None:
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        return list(meta[1])
-    items = meta.values() if isinstance(meta, dict) else meta if isinstance(meta, (tuple, list)) else ()
-    if isinstance(meta, tuple) and len(meta) == 2 and meta[0] == "value":
-        return None
-    for item in items:
-        shape = _first_shape(item)
-        if shape is not None:
-            return shape
-    return None

@@ -27,9 +27,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lightning_split.graph.capture import node_module_path
-
-COST_OPS = ("placeholder", "call_module", "call_function", "call_method")
+from lightning_split.graph.nodes import COST_OPS, node_module_path
 
 
 class SplitError(ValueError):

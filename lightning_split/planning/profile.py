@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_split.planning.units import bytes_per_s, format_link
+
 FORMAT = "lightning-split-profile/1"
 NODE_KINDS = ("input", "op")
 
@@ -34,17 +36,21 @@ class Link:
         uplink_bytes_per_s: device to server throughput.
         downlink_bytes_per_s: server to device throughput.
         rtt_s: round-trip time of one request/reply exchange.
+        message_s: fixed cost of one micro-batch round trip beyond ``rtt_s`` (framing, scheduling),
+            charged ``2 * M`` times per step by the pipelined cost model; ``None`` when unknown
+            (counted as 0, and left out of the JSON).
     """
 
     uplink_bytes_per_s: float
     downlink_bytes_per_s: float
     rtt_s: float = 0.0
+    message_s: float | None = None
 
     @classmethod
     def from_mbps(cls, uplink_mbps: float, downlink_mbps: float | None = None, rtt_ms: float = 0.0) -> Link:
         """Build a link from megabits per second and milliseconds (downlink defaults to uplink)."""
         down = uplink_mbps if downlink_mbps is None else downlink_mbps
-        return cls(uplink_mbps * 1e6 / 8, down * 1e6 / 8, rtt_ms / 1e3)
+        return cls(bytes_per_s(uplink_mbps), bytes_per_s(down), rtt_ms / 1e3)
 
     @classmethod
     def parse(cls, text: str) -> Link:
@@ -73,6 +79,17 @@ class Link:
                 raise ProfileError(f"link.{name} must be a positive number of bytes per second, got {value!r}")
         if not (self.rtt_s >= 0 and math.isfinite(self.rtt_s)):
             raise ProfileError(f"link.rtt_s must be a finite number of seconds >= 0, got {self.rtt_s!r}")
+        if self.message_s is not None and not _is_seconds(self.message_s):
+            raise ProfileError(f"link.message_s must be a finite number of seconds >= 0, got {self.message_s!r}")
+
+    @property
+    def per_message_s(self) -> float:
+        """``message_s``, with 0 for a link that does not know it."""
+        return 0.0 if self.message_s is None else float(self.message_s)
+
+    def describe(self) -> str:
+        """The link for people: ``"100 Mbit/s up, 100 Mbit/s down, rtt 2 ms"``."""
+        return format_link(self.uplink_bytes_per_s, self.downlink_bytes_per_s, self.rtt_s)
 
     @property
     def seconds_per_byte_round_trip(self) -> float:
@@ -80,11 +97,14 @@ class Link:
         return 1.0 / self.uplink_bytes_per_s + 1.0 / self.downlink_bytes_per_s
 
     def to_json(self) -> dict[str, float]:
-        return {
+        data = {
             "uplink_bytes_per_s": self.uplink_bytes_per_s,
             "downlink_bytes_per_s": self.downlink_bytes_per_s,
             "rtt_s": self.rtt_s,
         }
+        if self.message_s is not None:
+            data["message_s"] = self.message_s
+        return data
 
 
 #: Link assumed when none is given or measured: a Wi-Fi-class edge link, 100 Mbit/s each way, 2 ms rtt.
@@ -118,6 +138,12 @@ def _parse_unit(text: str, units: Mapping[str, float], whole: str) -> float:
     raise ProfileError(f"link {whole!r}: cannot read {text!r}; use units {', '.join(units)}")
 
 
+#: Optional node fields (``lightning-split-profile/1`` readers that do not need them ignore them):
+#: byte counts and forward shares of ``device_s`` / ``server_s``.
+OPTIONAL_NODE_FIELDS = ("param_bytes", "device_mem_bytes", "device_fwd_s", "server_fwd_s")
+_REQUIRED_NODE_FIELDS = ("name", "kind", "inputs", "out_bytes", "device_s", "server_s")
+
+
 @dataclass(frozen=True)
 class NodeCost:
     """One vertex of the cost graph (one torch.fx node).
@@ -129,7 +155,20 @@ class NodeCost:
         out_bytes: bytes of the tensors this node produces for one training batch.
         device_s: forward + backward seconds on the device for one batch.
         server_s: forward + backward seconds on the server for one batch.
-        extra: any further fields (module path, op, FLOPs, ...), kept verbatim.
+        extra: every further field of the node (module path, op, FLOPs, ...), kept verbatim and
+            in order, so a profile file reads and writes back unchanged.
+        param_bytes: bytes of the parameters and buffers the node reads (private inputs: a node
+            is *raw* when it and all its ancestors read none). ``None`` when unknown.
+        device_mem_bytes: the node's training footprint on the device (parameters, gradients,
+            optimizer state, saved activations), for a device memory budget. ``None`` when unknown.
+        device_fwd_s: the forward share of ``device_s`` (``None``: one third of it).
+        server_fwd_s: the forward share of ``server_s`` (``None``: one third of it).
+
+    The four optional fields are typed views: a value found under the same key in ``extra``
+    (where :func:`~lightning_split.costs.estimate.estimate_profile` and older readers put
+    ``param_bytes``) is read as the field, and a field given explicitly also updates that key
+    of ``extra`` when it is there, so the two never disagree. They are written to JSON only when
+    set.
     """
 
     name: str
@@ -139,6 +178,56 @@ class NodeCost:
     device_s: float
     server_s: float
     extra: Mapping[str, Any] = field(default_factory=dict)
+    param_bytes: int | None = None
+    device_mem_bytes: int | None = None
+    device_fwd_s: float | None = None
+    server_fwd_s: float | None = None
+
+    def __post_init__(self) -> None:
+        extra = self.extra
+        for key in OPTIONAL_NODE_FIELDS:
+            value = getattr(self, key)
+            if value is None:
+                value = extra.get(key)
+            if key.endswith("_bytes") and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            object.__setattr__(self, key, value)
+            if value is not None and key in extra and extra[key] != value:
+                extra = {**extra, key: value}
+        object.__setattr__(self, "extra", extra)
+
+    def forward_s(self, side: str) -> float:
+        """The forward share of this node's time on ``side`` (``"device"`` or ``"server"``).
+
+        The measured ``device_fwd_s`` / ``server_fwd_s`` when known, otherwise one third of the
+        forward + backward time (backward costs about twice the forward).
+        """
+        total, forward = (self.device_s, self.device_fwd_s) if side == "device" else (self.server_s, self.server_fwd_s)
+        return total / 3.0 if forward is None else float(forward)
+
+    def validate(self) -> None:
+        """Check the numbers of this node; raise :class:`ProfileError` naming the node and field."""
+        if self.out_bytes < 0:
+            raise ProfileError(f"node {self.name!r} has negative out_bytes {self.out_bytes}")
+        for attr in ("device_s", "server_s"):
+            value = getattr(self, attr)
+            if not _is_seconds(value):
+                raise ProfileError(f"node {self.name!r} has {attr}={value!r}; expected finite seconds >= 0")
+        for attr in ("param_bytes", "device_mem_bytes"):
+            value = getattr(self, attr)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ProfileError(f"node {self.name!r} has {attr}={value!r}; expected an integer number of bytes >= 0")
+        for attr, total in (("device_fwd_s", "device_s"), ("server_fwd_s", "server_s")):
+            value = getattr(self, attr)
+            if value is None:
+                continue
+            if not _is_seconds(value):
+                raise ProfileError(f"node {self.name!r} has {attr}={value!r}; expected finite seconds >= 0")
+            if value > getattr(self, total):
+                raise ProfileError(
+                    f"node {self.name!r} has {attr}={value!r} above its {total}={getattr(self, total)!r} "
+                    "(the forward share of forward + backward)"
+                )
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -149,14 +238,17 @@ class NodeCost:
             "device_s": self.device_s,
             "server_s": self.server_s,
         }
+        for key in OPTIONAL_NODE_FIELDS:
+            value = getattr(self, key)
+            if value is not None and key not in self.extra:
+                data[key] = value
         for key, value in self.extra.items():
             data.setdefault(key, value)
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NodeCost:
-        known = {"name", "kind", "inputs", "out_bytes", "device_s", "server_s"}
-        missing = sorted(known - set(data))
+        missing = sorted(set(_REQUIRED_NODE_FIELDS) - set(data))
         if missing:
             raise ProfileError(f"node {data.get('name', '?')!r} lacks field(s) {', '.join(missing)}")
         return cls(
@@ -166,8 +258,16 @@ class NodeCost:
             out_bytes=int(data["out_bytes"]),
             device_s=float(data["device_s"]),
             server_s=float(data["server_s"]),
-            extra={k: v for k, v in data.items() if k not in known},
+            extra={k: v for k, v in data.items() if k not in _REQUIRED_NODE_FIELDS},
         )
+
+
+def _is_seconds(value: Any) -> bool:
+    """Whether ``value`` is a finite number of seconds >= 0 (any real number type)."""
+    try:
+        return bool(value >= 0 and math.isfinite(value))
+    except TypeError:
+        return False
 
 
 @dataclass
@@ -224,12 +324,7 @@ class Profile:
                         f"node {node.name!r} consumes {source!r}, which is not an earlier node "
                         "(nodes must be in graph order, every node after its inputs)"
                     )
-            if node.out_bytes < 0:
-                raise ProfileError(f"node {node.name!r} has negative out_bytes {node.out_bytes}")
-            for attr in ("device_s", "server_s"):
-                value = getattr(node, attr)
-                if not (value >= 0 and math.isfinite(value)):
-                    raise ProfileError(f"node {node.name!r} has {attr}={value!r}; expected finite seconds >= 0")
+            node.validate()
             seen.add(node.name)
         for name in self.outputs:
             if name not in seen:
@@ -265,8 +360,9 @@ class Profile:
                 float(link_data["uplink_bytes_per_s"]),
                 float(link_data["downlink_bytes_per_s"]),
                 float(link_data.get("rtt_s", 0.0)),
+                link_data.get("message_s"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileError(f"profile link is malformed: {exc!r}") from exc
         nodes = [NodeCost.from_json(node) for node in data["nodes"]]
         known = {"format", "link", "nodes", "outputs"}

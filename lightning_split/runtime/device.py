@@ -28,6 +28,7 @@ from lightning_split.graph.programs import (
     device_program,
     used_state,
 )
+from lightning_split.transport import messages
 from lightning_split.transport.client import RemoteServer, Traffic
 from lightning_split.transport.optimizers import describe_optimizer, is_mirrorable, wire_hyperparameters
 
@@ -138,15 +139,14 @@ class SplitRuntime:
             return
         assert self.remote is not None
         state = {key: self.tensors_by_key[key].detach() for key in self.server_state_keys}
-        hello = {
-            "op": "hello",
+        hello = messages.Hello(
             **self.hello,
-            "spec": self.spec.to_json(),
-            "optimizers": [self._describe(opt) for opt in self.optimizers],
-            "state": state,
-        }
+            spec=self.spec.to_json(),
+            optimizers=[self._describe(opt) for opt in self.optimizers],
+            state=state,
+        )
         (reply,) = self.remote.call([hello])
-        self.rng_sync = bool(reply.get("rng_sync", False))
+        self.rng_sync = reply.rng_sync
         self.opened = True
         self._move_optimizer_state_to_server()
         if self.release_server_state:
@@ -163,7 +163,7 @@ class SplitRuntime:
         try:
             self.pull_state()
             self.pull_optimizer_state()
-            self.remote.call([{"op": "close"}])
+            self.remote.call([messages.Close()])
             self.opened = False
         finally:
             if end_connection:
@@ -211,17 +211,18 @@ class SplitRuntime:
         if not self.is_split:
             return
         assert self.remote is not None
-        (state,) = self.remote.call([{"op": "state_dict"}])
+        (reply,) = self.remote.call([messages.StateDict()])
         with torch.no_grad():
             for key in self.server_state_keys:
                 tensor = self.tensors_by_key[key]
-                tensor.data = state[key].to(device=tensor.device, dtype=tensor.dtype)
+                tensor.data = reply.state[key].to(device=tensor.device, dtype=tensor.dtype)
 
     def pull_optimizer_state(self) -> None:
         """Install the server's per-parameter optimizer state into the device's optimizers."""
         assert self.remote is not None
         for index, optimizer in enumerate(self.optimizers):
-            (server_state,) = self.remote.call([{"op": "optimizer_state", "optimizer": index}])
+            (reply,) = self.remote.call([messages.OptimizerState(optimizer=index)])
+            server_state = reply.state
             for group in optimizer.param_groups:
                 for param in group["params"]:
                     key = self.key_of.get(id(param))
@@ -252,7 +253,7 @@ class SplitRuntime:
                     if key in server_keys and param in optimizer.state:
                         moving[key] = dict(optimizer.state.pop(param))
             if moving:
-                self.remote.call([{"op": "load_optimizer_state", "optimizer": index, "state": moving}])
+                self.remote.call([messages.LoadOptimizerState(optimizer=index, state=moving)])
 
     # -- forward / backward ----------------------------------------------------------------
 
@@ -288,40 +289,38 @@ class SplitRuntime:
                 self._pending.discard(call_id)
                 ids.append(call_id)
         if ids:
-            self.remote.defer({"op": "release", "ids": ids})
+            self.remote.defer(messages.Release(ids=ids))
 
     def _remote_forward(self, call: _Call, values: list[Any], grad: bool) -> list[Any]:
         assert self.remote is not None
         self._flush_forgotten()
-        op = {
-            "op": "forward",
-            "id": call.id,
-            "values": [v.detach() if isinstance(v, torch.Tensor) else v for v in values],
-            "requires_grad": [isinstance(v, torch.Tensor) and v.requires_grad for v in values],
-            "training": self.module.training,
-            "grad": grad,
-            "rng": torch.get_rng_state() if self.rng_sync else None,
-        }
+        op = messages.Forward(
+            id=call.id,
+            values=[v.detach() if isinstance(v, torch.Tensor) else v for v in values],
+            requires_grad=[isinstance(v, torch.Tensor) and v.requires_grad for v in values],
+            training=self.module.training,
+            grad=grad,
+            rng=torch.get_rng_state() if self.rng_sync else None,
+        )
         (result,) = self.remote.call([op])
-        if result.get("rng") is not None:
-            torch.set_rng_state(result["rng"])
+        if result.rng is not None:
+            torch.set_rng_state(result.rng)
         self._account(result)
         device = _first_device(values)
-        return [o.to(device) if isinstance(o, torch.Tensor) else o for o in result["outputs"]]
+        return [o.to(device) if isinstance(o, torch.Tensor) else o for o in result.outputs]
 
     def _remote_backward(self, call: _Call, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         assert self.remote is not None
         self._pending.discard(call.id)
         grads_iter = iter(grads)
         full = [next(grads_iter) if is_tensor else None for is_tensor in call.is_tensor]
-        (result,) = self.remote.call([{"op": "backward", "id": call.id, "grads": full}])
+        (result,) = self.remote.call([messages.Backward(id=call.id, grads=full)])
         self._account(result)
-        return list(result["grads"])
+        return list(result.grads)
 
-    def _account(self, result: dict[str, Any]) -> None:
-        compute = result.get("compute_s")
-        if self.remote is not None and isinstance(compute, float):
-            self.remote.traffic.server_compute_s = compute
+    def _account(self, result: messages.ForwardReply | messages.BackwardReply) -> None:
+        if self.remote is not None:
+            self.remote.traffic.server_compute_s = float(result.compute_s)
 
     # -- optimizers ------------------------------------------------------------------------
 
@@ -337,12 +336,12 @@ class SplitRuntime:
         if self.is_split and self.remote is not None:
             index = self.index_of(optimizer)
             self.remote.defer(
-                {"op": "step", "optimizer": index, "hparams": [wire_hyperparameters(g) for g in optimizer.param_groups]}
+                messages.Step(optimizer=index, hparams=[wire_hyperparameters(g) for g in optimizer.param_groups])
             )
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
         if self.is_split and self.remote is not None:
-            self.remote.defer({"op": "zero_grad", "optimizer": self.index_of(optimizer), "set_to_none": set_to_none})
+            self.remote.defer(messages.ZeroGrad(optimizer=self.index_of(optimizer), set_to_none=set_to_none))
 
     def clip_grad_norm(self, optimizer: torch.optim.Optimizer, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
         """Clip by the global norm over the device's and the server's gradients of ``optimizer``.
@@ -355,7 +354,8 @@ class SplitRuntime:
         raw = self.optimizers[index]
         server_norms: dict[str, torch.Tensor] = {}
         if self.is_split and self.remote is not None:
-            (server_norms,) = self.remote.call([{"op": "grad_norms", "optimizer": index, "norm_type": norm_type}])
+            (reply,) = self.remote.call([messages.GradNorms(optimizer=index, norm_type=norm_type)])
+            server_norms = reply.norms
         norms, local = [], []
         for group in raw.param_groups:
             for param in group["params"]:
@@ -373,7 +373,7 @@ class SplitRuntime:
             torch._foreach_mul_(local, coefficient.to(local[0].device))
         if server_norms:
             assert self.remote is not None
-            self.remote.defer({"op": "scale_grads", "optimizer": index, "coefficient": coefficient.detach().cpu()})
+            self.remote.defer(messages.ScaleGrads(optimizer=index, coefficient=coefficient.detach().cpu()))
         return total
 
     def clip_grad_value(self, optimizer: torch.optim.Optimizer, clip_value: float) -> None:
@@ -381,7 +381,7 @@ class SplitRuntime:
         params = [p for g in self.optimizers[index].param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_value_(params, clip_value)
         if self.is_split and self.remote is not None:
-            self.remote.defer({"op": "clip_grad_value", "optimizer": index, "value": float(clip_value)})
+            self.remote.defer(messages.ClipGradValue(optimizer=index, value=float(clip_value)))
 
     def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """``optimizer.state_dict()`` with the server's per-parameter state merged in."""
@@ -390,7 +390,8 @@ class SplitRuntime:
         state_dict = raw.state_dict()
         if not self.is_split or self.remote is None:
             return state_dict
-        (server_state,) = self.remote.call([{"op": "optimizer_state", "optimizer": index}])
+        (reply,) = self.remote.call([messages.OptimizerState(optimizer=index)])
+        server_state = reply.state
         position = 0
         for group in raw.param_groups:
             for param in group["params"]:

@@ -8,37 +8,31 @@ result, :class:`Placement`, renders itself for logs (:meth:`Placement.describe`)
 loggers (:meth:`Placement.summary`), and re-plans itself for another link with the same
 trace and node costs (:meth:`Placement.replanned`), which is what live re-planning needs.
 
-Cost sources turn a trace and a link into a :class:`~lightning_split.planning.profile.Profile`:
-:class:`EstimatedCosts` (FLOPs over assumed throughputs) and :class:`GivenCosts` (a profile
-made earlier, matched by node name); measured costs come from :mod:`lightning_split.costs.measure`.
+The cost sources that price a trace (estimated, given or measured costs) are in
+:mod:`lightning_split.costs.sources`; :class:`~lightning_split.costs.sources.EstimatedCosts`
+is the default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import fx, nn
 
+from lightning_split.costs.sources import EstimatedCosts, ProfileBuilder
+from lightning_split.graph import metadata
 from lightning_split.graph.capture import TracedModel, trace_module
-from lightning_split.graph.programs import (
-    SplitError,
-    SplitSpec,
-    device_spec_from_cut,
-    example_skeleton,
-    graph_summary,
-    make_spec,
-    shared_across,
-)
+from lightning_split.graph.describe import example_of
+from lightning_split.graph.programs import SplitError, SplitSpec, device_spec_from_cut, make_spec, shared_across
 from lightning_split.planning import planner
-from lightning_split.planning.profile import DEFAULT_LINK, Link, NodeCost, Profile, ProfileError
+from lightning_split.planning.profile import DEFAULT_LINK, Link, Profile
+from lightning_split.planning.units import format_bytes
+from lightning_split.runtime.metrics import link_metrics
 
-ProfileBuilder = Callable[[TracedModel, Link], Profile]
 LinkSource = Callable[[TracedModel], Link]
 
 
@@ -55,23 +49,13 @@ class TracedBatch:
     traced: TracedModel
     example: dict[str, Any]
 
-    def hello_fields(self) -> dict[str, Any]:
-        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
-        return {
-            "fingerprint": self.traced.fingerprint(),
-            "graph": graph_summary(self.traced.graph_module),
-            "leaf_modules": list(self.traced.leaf_modules),
-            "example": self.example,
-        }
-
 
 def trace_batch(
     module: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], leaf_modules: Sequence[str | type] = ()
 ) -> TracedBatch:
     """Trace ``module`` on one call (``args``, ``kwargs``) and keep the call's shapes."""
     traced = trace_module(module, tuple(args), dict(kwargs), leaf_modules)
-    example = {"args": example_skeleton(list(args)), "kwargs": example_skeleton(dict(kwargs))}
-    return TracedBatch(traced, example)
+    return TracedBatch(traced, example_of(args, kwargs))
 
 
 @dataclass
@@ -141,7 +125,7 @@ class Placement:
         rows = []
         for name in self.spec.cut:
             info = self.traced.node(name)
-            rows.append((name, _shape_text(info.out_meta), info.out_bytes))
+            rows.append((name, metadata.text(info.out_meta), info.out_bytes))
         return rows
 
     def predicted_step_s(self) -> float | None:
@@ -158,11 +142,11 @@ class Placement:
         if not n_server:
             lines.append("  everything runs on the device (the server is not used)")
         for name, shape, size in self.cut_rows():
-            lines.append(f"  cut tensor {name:<28} {shape:<22} {_bytes(size):>10}")
+            lines.append(f"  cut tensor {name:<28} {shape:<22} {format_bytes(size):>10}")
         predicted = self.predicted_step_s()
         if predicted is not None and self.profile is not None:
             how = self.notes.get("link", "given")
-            lines.append(f"  link ({how}): {link_text(self.profile.link)}")
+            lines.append(f"  link ({how}): {self.profile.link.describe()}")
             lines.append(f"  predicted step: {predicted * 1e3:.2f} ms ({_profile_kind(self.profile)})")
             for name, value in self.baselines.items():
                 lines.append(f"    vs {name:<15} {value * 1e3:10.2f} ms")
@@ -191,18 +175,11 @@ class Placement:
         for name, value in self.baselines.items():
             data[f"split/baseline_{name}_s"] = value
         if self.profile is not None:
-            link = self.profile.link
-            data["split/link_up_mbit_s"] = link.uplink_bytes_per_s * 8 / 1e6
-            data["split/link_down_mbit_s"] = link.downlink_bytes_per_s * 8 / 1e6
-            data["split/link_rtt_ms"] = link.rtt_s * 1e3
+            data.update(link_metrics(self.profile.link))
         for key, value in self.notes.items():
             if isinstance(value, str | int | float | bool):
                 data[f"split/{key}"] = value
         return data
-
-    def hello_fields(self) -> dict[str, Any]:
-        """What the server needs to rebuild and check the same graph (shapes, never data or code)."""
-        return TracedBatch(self.traced, self.example).hello_fields()
 
 
 def place_model(
@@ -277,117 +254,6 @@ def place_model(
     )
 
 
-class EstimatedCosts:
-    """Node costs estimated from FLOPs (:func:`lightning_split.costs.estimate.estimate_profile`).
-
-    Args:
-        device_gflops, server_gflops: effective throughputs of both sides (default: the
-            estimate module's Jetson-class device and GPU-class server).
-        options: further keyword arguments of ``estimate_profile`` (``backward_factor``,
-            ``min_node_s``).
-    """
-
-    def __init__(self, device_gflops: float | None = None, server_gflops: float | None = None, **options: Any) -> None:
-        from lightning_split.costs import estimate
-
-        self.device_gflops = estimate.DEFAULT_DEVICE_GFLOPS if device_gflops is None else float(device_gflops)
-        self.server_gflops = estimate.DEFAULT_SERVER_GFLOPS if server_gflops is None else float(server_gflops)
-        self.options = options
-
-    def __call__(self, traced: TracedModel, link: Link) -> Profile:
-        from lightning_split.costs.estimate import estimate_profile
-
-        return estimate_profile(traced, link, self.device_gflops, self.server_gflops, **self.options)
-
-
-class GivenCosts:
-    """Node costs from a profile made earlier (e.g. by ``lightning-split profile``), matched by node name.
-
-    The graph (inputs, output bytes) is the trace's own; only ``device_s`` and ``server_s``
-    come from the profile. A profile of another model, input shape or set of leaf modules
-    names other nodes, which is refused rather than guessed at.
-
-    Args:
-        source: a :class:`Profile` or the path of a profile file.
-    """
-
-    def __init__(self, source: Profile | str | Path) -> None:
-        self.origin = "the given profile" if isinstance(source, Profile) else str(source)
-        self.profile = source if isinstance(source, Profile) else Profile.load(source)
-
-    def __call__(self, traced: TracedModel, link: Link) -> Profile:
-        given = {node.name: node for node in self.profile.nodes}
-        names = [info.name for info in traced.nodes]
-        missing = [name for name in names if name not in given]
-        unknown = [name for name in given if name not in set(names)]
-        if missing or unknown:
-            raise ProfileError(
-                f"{self.origin} does not match the model's graph: the profile lacks nodes {missing[:8]} and has "
-                f"nodes the graph lacks {unknown[:8]}. Was it made for this model, input shape and leaf_modules?"
-            )
-        nodes = []
-        for info in traced.nodes:
-            cost = given[info.name]
-            kind = "input" if info.op == "placeholder" else "op"
-            nodes.append(
-                NodeCost(info.name, kind, info.inputs, info.out_bytes, cost.device_s, cost.server_s, cost.extra)
-            )
-        extra = {**self.profile.extra, "costs_from": self.origin, "fingerprint": traced.fingerprint()}
-        return Profile(nodes, list(traced.outputs), link, extra)
-
-
-class MeasuredCosts:
-    """Node costs timed on both sides (:mod:`lightning_split.costs.measure`), from its disk cache when it has them.
-
-    The device's costs are timed in this process on the real batch; the server's by the
-    server on its own copy of the model (the protocol's ``profile`` op). After a call,
-    :attr:`notes` says how long it took and whether each side came from the cache.
-
-    Args:
-        remote: the connection to the server.
-        fields: the model as a ``hello`` describes it (``model``, ``init_args`` and the
-            trace's :meth:`TracedBatch.hello_fields`).
-        args, kwargs: the batch to time the device on.
-        profiler: a ``measure.Profiler`` (cache, warm-up, repeats, calibration).
-        optimizers: the training's optimizers as ``hello`` describes them
-            (:func:`lightning_split.costs.measure.describe_optimizers`): each side adds the time of
-            their step over its parameters to the nodes that own them, since a training step
-            runs the optimizer wherever the parameters live.
-    """
-
-    def __init__(
-        self,
-        remote: Any,
-        fields: Mapping[str, Any],
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        profiler: Any,
-        optimizers: Sequence[Mapping[str, Any]] = (),
-    ) -> None:
-        self.remote = remote
-        self.fields = dict(fields)
-        self.args, self.kwargs = tuple(args), dict(kwargs)
-        self.profiler = profiler
-        self.optimizers = list(optimizers)
-        self.notes: dict[str, Any] = {}
-
-    def __call__(self, traced: TracedModel, link: Link) -> Profile:
-        from lightning_split.costs.measure import measured_profile
-
-        device = self.profiler.device_costs(traced, self.args, self.kwargs, self.optimizers)
-        server = self.profiler.server_costs(self.remote, traced, self.fields, self.optimizers)
-        self.notes = {
-            "costs": "measured",
-            "profile_s": device.wall_s + server.wall_s,
-            "device_costs": "cache hit" if device.cached else f"measured in {device.wall_s:.2f} s",
-            "server_costs": "cache hit" if server.cached else f"measured in {server.wall_s:.2f} s",
-        }
-        extra = {"device_hardware": device.hardware, "server_hardware": server.hardware}
-        for costs in (device, server):
-            extra.update(costs.extras())
-        return measured_profile(traced, device.node_s, server.node_s, link, extra)
-
-
 def _plan_keeping_tied_tensors(
     gm: fx.GraphModule, profile: Profile, method: str, pin_device: set[str], pin_server: set[str]
 ) -> tuple[planner.Plan, dict[str, str]]:
@@ -417,37 +283,10 @@ def _plan_keeping_tied_tensors(
     return chosen
 
 
-def _shape_text(meta: Any) -> str:
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        return f"{meta[2]}[{','.join(str(d) for d in meta[1])}]"
-    if isinstance(meta, tuple | list):
-        return "(" + ", ".join(_shape_text(m) for m in meta) + ")"
-    if isinstance(meta, dict):
-        return "{" + ", ".join(f"{k}: {_shape_text(v)}" for k, v in meta.items()) + "}"
-    return str(meta[1]) if isinstance(meta, tuple) and len(meta) == 2 else str(meta)
-
-
-def _bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
-
-
 def _profile_kind(profile: Profile) -> str:
     if "costs_from" in profile.extra:
         return f"costs from {profile.extra['costs_from']}"
     return "estimated from FLOPs" if profile.extra.get("estimated") else "measured"
-
-
-def link_text(link: Link) -> str:
-    """``"up 10.0 Mbit/s, down 50.0 Mbit/s, rtt 5.00 ms"``."""
-
-    def rate(value: float) -> str:
-        return "unlimited" if math.isinf(value) else f"{value * 8 / 1e6:.1f} Mbit/s"
-
-    return f"up {rate(link.uplink_bytes_per_s)}, down {rate(link.downlink_bytes_per_s)}, rtt {link.rtt_s * 1e3:.2f} ms"
 
 
 def _note(value: Any) -> str:

@@ -11,6 +11,11 @@ methods, so the global norm spans both sides), the checkpoint hooks
 (``lightning_module_state_dict`` and ``optimizer_state`` fetch the server's half, so a
 checkpoint is exactly that of the unsplit module) and the start of each training batch,
 where a live re-plan (``replan_every``) moves the boundary when the measured link calls for it.
+
+What happens in those hooks has its own modules: :mod:`~lightning_split.runtime.placement`
+(tracing and planning), :mod:`~lightning_split.runtime.device` (the split forward, backward and
+optimizer mirroring), :mod:`~lightning_split.runtime.replan` (the link to plan for and live
+re-planning) and :mod:`~lightning_split.runtime.metrics` (what goes to the loggers).
 """
 
 from __future__ import annotations
@@ -19,65 +24,29 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from torch import nn
+from typing_extensions import override
 
-from lightning_split.graph.capture import TracedModel
+from lightning_split.costs.sources import ProfileBuilder, cost_source
+from lightning_split.graph.describe import ModelDescription
 from lightning_split.graph.programs import SplitSpec
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
-from lightning_split.runtime.placement import (
-    EstimatedCosts,
-    GivenCosts,
-    MeasuredCosts,
-    Placement,
-    ProfileBuilder,
-    link_text,
-    place_model,
-    trace_batch,
-)
-from lightning_split.serve.app import EmbeddedServer, ModelHost
-from lightning_split.transport.client import ConnectionFailed, LinkEmulator, RemoteServer, Traffic
-from lightning_split.transport.protocol import RemoteError
+from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
+from lightning_split.runtime.placement import Placement, place_model, trace_batch
+from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
+from lightning_split.serve.embedded import EmbeddedServer
+from lightning_split.serve.host import ModelHost
+from lightning_split.transport.client import LinkEmulator, RemoteServer
+
+__all__ = ["Replan", "SplitStrategy"]
 
 log = logging.getLogger("lightning_split")
-
-
-@dataclass(frozen=True)
-class Replan:
-    """One live re-plan: what the link measured, and where the boundary was and went.
-
-    Attributes:
-        step: optimizer steps done when it happened.
-        link: the link measured (or given) for it.
-        old_cut, new_cut: the cut tensors before and after (``()``: everything on the device).
-        old_predicted_s: predicted step time of the old placement on the new link.
-        new_predicted_s: predicted step time of the chosen placement on the new link.
-        moved: whether the boundary moved (state and optimizer state migrated).
-        seconds: time the re-plan took (measuring, planning, migrating).
-    """
-
-    step: int
-    link: Link
-    old_cut: tuple[str, ...]
-    new_cut: tuple[str, ...]
-    old_predicted_s: float
-    new_predicted_s: float
-    moved: bool
-    seconds: float
-
-    def describe(self) -> str:
-        what = "moved" if self.moved else "kept"
-        return (
-            f"re-plan at step {self.step} ({link_text(self.link)}): {what} the cut "
-            f"{_cut_text(self.old_cut)} -> {_cut_text(self.new_cut)}, predicted step "
-            f"{self.old_predicted_s * 1e3:.2f} ms -> {self.new_predicted_s * 1e3:.2f} ms, took {self.seconds:.3f} s"
-        )
 
 
 class SplitStrategy(SingleDeviceStrategy):
@@ -180,15 +149,21 @@ class SplitStrategy(SingleDeviceStrategy):
         self.runtime: SplitRuntime | None = None
         self.plan: Placement | None = None
         self.placements: list[SplitSpec] = []
-        self.replans: list[Replan] = []
+        self._replanner = Replanner(replan_every, LinkProbe(self.plan_link, probe_bytes, probe_repeats))
+        self._traffic = TrafficLog()
         self._remote: RemoteServer | None = None
         self._embedded: EmbeddedServer | None = None
         self._restore: list[Any] = []
-        self._last_stats: Traffic | None = None
-        self._steps_since_log = 0
-        self._steps = 0
-        self._replan_due = False
-        self.last_traffic: dict[str, float] = {}
+
+    @property
+    def replans(self) -> list[Replan]:
+        """The live re-plans done, in order."""
+        return self._replanner.replans
+
+    @property
+    def last_traffic(self) -> dict[str, float]:
+        """The per-step traffic metrics logged last (empty before the first log)."""
+        return self._traffic.last
 
     def set_link_limit(self, link: str | Link | None) -> None:
         """Change the emulated link limit of the connection (``None``: no limit), also mid-training."""
@@ -198,6 +173,7 @@ class SplitStrategy(SingleDeviceStrategy):
 
     # -- Lightning hooks -------------------------------------------------------------------
 
+    @override
     def setup(self, trainer: Any) -> None:
         super().setup(trainer)
         module = self.lightning_module
@@ -219,6 +195,7 @@ class SplitStrategy(SingleDeviceStrategy):
             holder.zero_grad = functools.partial(self._zero_grad, raw, original)
             self._restore.append(functools.partial(holder.__dict__.pop, "zero_grad", None))
 
+    @override
     def teardown(self) -> None:
         try:
             self._close_runtime()
@@ -227,19 +204,21 @@ class SplitStrategy(SingleDeviceStrategy):
                 self._restore.pop()()
             super().teardown()
 
+    @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Re-plan here when due: the last optimizer step is done and its gradients are spent."""
         super().on_train_batch_start(batch, batch_idx)
-        if self._replan_due:
-            self._replan_due = False
+        if self._replanner.take_due():
             self._replan()
 
+    @override
     def on_exception(self, exception: BaseException) -> None:
         try:
             self._close_runtime()
         except Exception as exc:  # the original exception matters more
             log.warning("lightning-split: could not fetch the server's state after an error: %s", exc)
 
+    @override
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """The unsplit module's state dict: the server's tensors are fetched first."""
         runtime = self.runtime
@@ -252,6 +231,7 @@ class SplitStrategy(SingleDeviceStrategy):
             if runtime.release_server_state:
                 runtime.release()
 
+    @override
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer's state over both sides, indexed like the unsplit optimizer's."""
         if self.runtime is None or not self.runtime.is_split:
@@ -282,11 +262,12 @@ class SplitStrategy(SingleDeviceStrategy):
         )
         self._remote = remote
         batch = trace_batch(module, args, kwargs, self.leaf_modules)
-        hello = {
-            "model": self.model_name or _class_path(module),
-            "init_args": self.init_args if self.init_args is not None else _init_args(module),
-            **batch.hello_fields(),
-        }
+        description = ModelDescription.of(
+            self.model_name or _class_path(module),
+            self.init_args if self.init_args is not None else _init_args(module),
+            batch.traced,
+            batch.example,
+        )
         link_started = time.perf_counter()
         self.plan = place_model(
             module,
@@ -296,8 +277,8 @@ class SplitStrategy(SingleDeviceStrategy):
             leaf_modules=self.leaf_modules,
             pin_device=self.pin_device,
             pin_server=self.pin_server,
-            link=self._planning_link,
-            profile_builder=self._cost_source(hello, args, kwargs) if self.cut == "auto" else None,
+            link=lambda traced: self._replanner.probe.link(remote, traced),
+            profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
         )
@@ -309,100 +290,48 @@ class SplitStrategy(SingleDeviceStrategy):
             self.plan.graph_module,
             self.plan.spec,
             remote,
-            hello,
+            description.to_wire(),
             self.release_server_state,
             graph_args=self.plan.traced.graph_args,
         )
         self.runtime.open(self.optimizers)
         self.placements.append(self.plan.spec)
-        self._log_plan()
+        log_hyperparams(self._attached_trainer, self.plan.summary())
 
-    def _cost_source(self, hello: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProfileBuilder:
-        """The profile builder ``costs`` asks for."""
-        costs = self.costs
-        if isinstance(costs, Profile) or (isinstance(costs, str | Path) and costs not in ("measure", "estimate")):
-            return GivenCosts(costs)
-        if costs == "estimate":
-            return EstimatedCosts(**self.costs_options)
-        from lightning_split.costs.measure import ProfileCache, Profiler
-        from lightning_split.transport.optimizers import describe_optimizers
-
-        options = dict(self.costs_options)
-        cache = options.pop("cache", None)
-        profiler = Profiler(
-            cache=None if cache is False else ProfileCache(cache),
+    def _cost_source(
+        self, description: ModelDescription, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ProfileBuilder:
+        """The profile builder ``costs`` asks for (:func:`~lightning_split.costs.sources.cost_source`)."""
+        return cost_source(
+            self.costs,
+            self.costs_options,
+            remote=self._remote,
+            model=description.model,
+            init_args=description.init_args,
+            args=args,
+            kwargs=kwargs,
             device=self.root_device,
-            **options,
+            module=self.lightning_module,
+            optimizers=self.optimizers,
         )
-        assert self._remote is not None
-        optimizers = describe_optimizers(self.lightning_module, self.optimizers)
-        return MeasuredCosts(self._remote, hello, args, kwargs, profiler, optimizers)
-
-    def _planning_link(self, traced: TracedModel) -> Link:
-        """``plan_link`` if given, else the link measured over the training connection."""
-        if self.plan_link is not None:
-            return self.plan_link
-        from lightning_split.costs.measure import MAX_PROBE_BYTES, MIN_PROBE_BYTES, measure_link, typical_payload_bytes
-
-        assert self._remote is not None
-        if self.probe_bytes is not None:
-            size = low = high = int(self.probe_bytes)
-        else:
-            size, low, high = typical_payload_bytes(traced), MIN_PROBE_BYTES, MAX_PROBE_BYTES
-        return measure_link(self._remote, size, size, self.probe_repeats, min_bytes=low, max_bytes=high)
 
     def _replan(self) -> None:
-        """Measure the link, plan again on the same node costs, move the boundary if the optimum moved."""
+        """Carry out a due re-plan: maybe a new placement and runtime, and its metrics logged."""
         plan, runtime = self.plan, self.runtime
         if plan is None or runtime is None or plan.profile is None:
             return
-        started = time.perf_counter()
-        try:
-            link = self._planning_link(plan.traced)
-        except (ConnectionFailed, RemoteError) as exc:
-            log.warning("lightning-split: no link measurement at step %d (%s); the placement stays", self._steps, exc)
+        outcome = self._replanner.replan(plan, runtime, self._remote)
+        if outcome is None:
             return
-        new = plan.replanned(link)
-        moved = new.spec.server_nodes != plan.spec.server_nodes
-        if moved:
-            self.runtime = runtime.moved_to(new.spec)
-            self.placements.append(new.spec)
-        self.plan = new
-        record = Replan(
-            step=self._steps,
-            link=link,
-            old_cut=plan.spec.cut if plan.spec.server_nodes else (),
-            new_cut=new.spec.cut if new.spec.server_nodes else (),
-            old_predicted_s=_predicted(new.profile, plan.spec),
-            new_predicted_s=_predicted(new.profile, new.spec),
-            moved=moved,
-            seconds=time.perf_counter() - started,
-        )
-        self.replans.append(record)
-        log.info("lightning-split %s", record.describe())
-        self._log_metrics(
-            {
-                "split/replans": float(sum(r.moved for r in self.replans)),
-                "split/predicted_step_s": record.new_predicted_s,
-                "split/link_up_mbit_s": link.uplink_bytes_per_s * 8 / 1e6,
-                "split/link_down_mbit_s": link.downlink_bytes_per_s * 8 / 1e6,
-                "split/link_rtt_ms": link.rtt_s * 1e3,
-            }
-        )
+        self.plan, self.runtime, record = outcome
+        if record.moved:
+            self.placements.append(self.plan.spec)
+        log_metrics(self._attached_trainer, replan_metrics(record.link, record.new_predicted_s, self._replanner.moves))
 
-    def _log_plan(self) -> None:
-        trainer = getattr(self.lightning_module, "_trainer", None)
-        if trainer is None or self.plan is None:
-            return
-        for logger in trainer.loggers:
-            logger.log_hyperparams(self.plan.summary())
-
-    def _log_metrics(self, metrics: dict[str, float]) -> None:
-        trainer = getattr(self.lightning_module, "_trainer", None)
-        if trainer is None:
-            return
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+    @property
+    def _attached_trainer(self) -> Any:
+        """The trainer the module is attached to (``None`` before fit or outside one)."""
+        return getattr(self.lightning_module, "_trainer", None)
 
     def _close_runtime(self) -> None:
         runtime, self.runtime = self.runtime, None
@@ -420,34 +349,8 @@ class SplitStrategy(SingleDeviceStrategy):
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.runtime is not None:
             self.runtime.after_step(optimizer)
-            self._log_traffic()
-            self._steps += 1
-            if self.replan_every is not None and self._steps % self.replan_every == 0:
-                self._replan_due = True
-
-    def _log_traffic(self) -> None:
-        """Per-step traffic and timing of the split, averaged since the last log, to every logger."""
-        runtime = self.runtime
-        trainer = getattr(self.lightning_module, "_trainer", None)
-        if runtime is None or not runtime.is_split or trainer is None:
-            return
-        self._steps_since_log += 1
-        every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
-        if self._steps_since_log < every and self._last_stats is not None:
-            return
-        now = runtime.stats.snapshot()
-        delta, steps = now.since(self._last_stats or Traffic()), self._steps_since_log
-        metrics = {
-            "split/bytes_up": delta.bytes_up / steps,
-            "split/bytes_down": delta.bytes_down / steps,
-            "split/remote_s": delta.round_trip_s / steps,
-            "split/server_compute_s": delta.server_compute_s / steps,
-        }
-        metrics["split/wire_s"] = max(0.0, metrics["split/remote_s"] - metrics["split/server_compute_s"])
-        self._last_stats, self._steps_since_log = now, 0
-        self.last_traffic = metrics
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            self._traffic.after_step(self._attached_trainer, self.runtime)
+            self._replanner.step_done()
 
     def _zero_grad(self, raw: torch.optim.Optimizer, original: Any, set_to_none: bool = True) -> None:
         original(raw, set_to_none=set_to_none)
@@ -467,25 +370,13 @@ class SplitStrategy(SingleDeviceStrategy):
             self.runtime.clip_grad_value(optimizer, float(clip_val))
 
     @classmethod
+    @override
     def register_strategies(cls, strategy_registry: Any) -> None:
         strategy_registry.register(cls.strategy_name, cls, description="split learning over websockets")
 
 
 def _as_link(link: str | Link | None) -> Link | None:
     return Link.parse(link) if isinstance(link, str) else link
-
-
-def _predicted(profile: Profile | None, spec: SplitSpec) -> float:
-    """Predicted step time of the placement ``spec`` on ``profile``."""
-    from lightning_split.planning import planner
-
-    assert profile is not None
-    server = set(spec.server_nodes)
-    return planner.step_time(profile, [name for name in profile.names if name not in server]).total
-
-
-def _cut_text(cut: tuple[str, ...]) -> str:
-    return "[" + ", ".join(cut) + "]" if cut else "(device only)"
 
 
 def _class_path(module: nn.Module) -> str:

@@ -1,15 +1,19 @@
-"""``lightning-split serve``: the websocket server that runs the suffixes.
+"""``lightning-split serve``: the websocket app that runs the suffixes.
 
-Three small pieces, one job each:
+:class:`SplitServer` is the transport: one asyncio task per websocket connection,
+bearer-token check at the handshake, ops run on a single compute thread (so sessions never
+block each other's I/O and the accelerator sees one job at a time). Each op, a typed
+message of :mod:`lightning_split.transport.messages`, goes to its handler through one table
+from op class to method; ops that concern only a session are the session's
+(:meth:`~lightning_split.serve.session.ServerSession.handle`), the others touch the
+connection, the :class:`~lightning_split.serve.host.ModelHost` or the
+:class:`~lightning_split.serve.sessions.SessionTable`.
 
-- :class:`ModelHost` turns a ``hello`` op into a :class:`~lightning_split.serve.session.ServerSession`:
-  it instantiates the server's own copy of the model class, traces it, checks that the
-  graph matches the device's, and builds the suffix.
-- :class:`SplitServer` is the transport: one asyncio task per websocket connection,
-  bearer-token check at the handshake, ops run on a single compute thread (so sessions
-  never block each other's I/O and the accelerator sees one job at a time).
-- :class:`EmbeddedServer` runs the same server on a thread of this process, on loopback,
-  for ``SplitStrategy(server=None)``.
+The other pieces, one job each: :mod:`~lightning_split.serve.host` (the server's copy of the
+model), :mod:`~lightning_split.serve.session` (one session's compute),
+:mod:`~lightning_split.serve.sessions` (the sessions held), :mod:`~lightning_split.serve.store`
+(sessions on disk) and :mod:`~lightning_split.serve.embedded` (this server on a thread, for
+``SplitStrategy(server=None)``).
 """
 
 from __future__ import annotations
@@ -17,168 +21,32 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import hmac
 import http
 import logging
-import os
-import re
-import secrets
 import ssl
-import threading
-import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
-from lightning_split.costs.measure import hardware_name
-from lightning_split.graph.capture import TracedModel, TraceError, trace_module
-from lightning_split.graph.programs import SplitError, SplitSpec, graph_summary, make_spec, materialize_skeleton
-from lightning_split.serve.session import ServerSession
-from lightning_split.transport import protocol, wire
-from lightning_split.transport.optimizers import OptimizerSpec, resolve_optimizer
+from lightning_split.graph.programs import SplitError
+from lightning_split.serve.host import ModelHost
+from lightning_split.serve.session import SESSION_OPS
+from lightning_split.serve.sessions import SessionRecord, SessionTable
+from lightning_split.serve.store import Point, StateStore
+from lightning_split.transport import messages, protocol, wire
 from lightning_split.transport.protocol import SessionError
 
 log = logging.getLogger("lightning_split.serve.app")
-
-ModelFactory = Callable[[Mapping[str, Any]], nn.Module]
-
-
-class ModelHost:
-    """Builds sessions for one model class from the devices' ``hello`` ops.
-
-    Args:
-        factory: makes a fresh model from init arguments (JSON values).
-        name: the ``pkg.module:Class`` this host serves; a device naming another class is refused.
-        device: where suffixes run.
-        init_args: if given, used instead of the init arguments devices send.
-    """
-
-    def __init__(
-        self,
-        factory: ModelFactory,
-        name: str,
-        device: str | torch.device = "cpu",
-        init_args: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.factory = factory
-        self.name = name
-        self.device = torch.device(device)
-        self.init_args = dict(init_args) if init_args is not None else None
-
-    def open(self, hello: Mapping[str, Any]) -> ServerSession:
-        """Check a ``hello`` against the server's own model and build the session."""
-        with torch.random.fork_rng(devices=[]):  # building a session must not move anyone's random stream
-            return self._open(hello)
-
-    def profile(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Measure forward+backward seconds of every node of the server's copy of the model.
-
-        ``request`` describes the model as a ``hello`` does (without a placement). The
-        timings are of this server's device, on zero tensors of the device's shapes. With
-        ``optimizers`` (descriptions as in ``hello``), one step of each, rebuilt from
-        ``torch.optim`` over copies of this server's parameters, is added to the parameter
-        nodes; ``calibrate`` (default true) scales the nodes to whole forward+backward passes
-        (see :func:`lightning_split.costs.measure.time_node_costs`). The reply's ``calibration``
-        says by how much, ``optimizer_node_s`` what each node got of the optimizer steps.
-        """
-        from lightning_split.costs.measure import time_node_costs
-
-        optimizers = request.get("optimizers", [])
-        for description in optimizers:  # refuse a malformed or foreign optimizer before any timing
-            resolve_optimizer(OptimizerSpec.from_json(description).class_name)
-        with torch.random.fork_rng(devices=[]):
-            traced, example = self._trace(request)
-            started = time.perf_counter()
-            timed = time_node_costs(
-                traced,
-                tuple(example["args"]),
-                dict(example["kwargs"]),
-                device=self.device,
-                warmup=max(0, min(int(request["warmup"]), 20)),
-                repeats=max(1, min(int(request["repeats"]), 50)),
-                calibrate=bool(request.get("calibrate", True)),
-                optimizers=optimizers,
-            )
-        return {
-            "node_s": timed.node_s,
-            "calibration": timed.details(),
-            "optimizer_node_s": timed.optimizer_node_s,
-            "device": str(self.device),
-            "hardware": hardware_name(self.device),
-            "measure_s": time.perf_counter() - started,
-        }
-
-    def _trace(self, hello: Mapping[str, Any]) -> tuple[TracedModel, dict[str, Any]]:
-        """Instantiate the model, trace it on the device's shapes, check it is the device's graph."""
-        if hello["model"] != self.name:
-            raise SessionError(
-                f"this server serves {self.name}, the device trains {hello['model']}: start the server with "
-                f"--model {hello['model']}"
-            )
-        init_args = self.init_args if self.init_args is not None else hello["init_args"]
-        try:
-            model = self.factory(init_args)
-        except Exception as exc:
-            raise SessionError(
-                f"cannot instantiate {self.name}({_short(init_args)}): {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            example = materialize_skeleton(hello["example"])
-            traced = trace_module(model, tuple(example["args"]), dict(example["kwargs"]), hello.get("leaf_modules", ()))
-        except (SplitError, TraceError, KeyError, TypeError) as exc:
-            raise SessionError(f"the server cannot trace its {self.name}: {exc}") from exc
-        if traced.fingerprint() != hello["fingerprint"]:
-            raise SessionError(
-                f"the server's {self.name} traces to a different graph than the device's: "
-                f"{_first_difference(hello.get('graph'), graph_summary(traced.graph_module))}. "
-                "Are both sides running the same model version and init arguments?"
-            )
-        return traced, example
-
-    def _open(self, hello: Mapping[str, Any]) -> ServerSession:
-        traced, _ = self._trace(hello)
-        graph = traced.graph_module
-        try:
-            spec = SplitSpec.from_json(hello["spec"])
-            derived = make_spec(graph, spec.server_nodes)
-        except SplitError as exc:
-            raise SessionError(str(exc)) from exc
-        if derived != spec:
-            raise SessionError(f"placement disagrees with the server's graph: device {spec}, server {derived}")
-        optimizers = [OptimizerSpec.from_json(o) for o in hello["optimizers"]]
-        state = hello["state"]
-        if not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise SessionError("hello 'state' must map state keys to tensors")
-        cut_meta = [traced.node(name).out_meta for name in spec.cut]
-        return ServerSession(graph, spec, state, optimizers, device=self.device, cut_meta=cut_meta)
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_difference(client: Any, server: list[list[str]]) -> str:
-    if not isinstance(client, list):
-        return "the device sent no graph summary"
-    for index, (mine, theirs) in enumerate(zip(server, client)):
-        if list(mine) != list(theirs):
-            return f"node {index} is {theirs} on the device but {mine} on the server"
-    if len(client) != len(server):
-        return f"the device's graph has {len(client)} nodes, the server's {len(server)}"
-    return "same nodes, different arguments"
 
 
 @dataclass
@@ -205,80 +73,21 @@ class ServerPolicy:
 
 
 @dataclass
-class _Session:
-    """A server session and what outlives its connections: id, description, request order."""
+class _Connection:
+    """One websocket connection: its protocol state and the session it speaks for (none until hello/resume)."""
 
-    id: str
-    session: ServerSession
-    description: dict[str, Any]  # the hello without the state tensors, for a restore
-    sequencer: protocol.Sequencer = field(default_factory=protocol.Sequencer)
-    steps: int = 0
-    connection: Any = None
-    detached_at: float | None = None
+    websocket: Any
+    protocol: protocol.ServerProtocol
+    record: SessionRecord | None = None
 
-
-@dataclass
-class _Attachment:
-    """The session one connection speaks for (none until ``hello`` or ``resume``)."""
-
-    record: _Session | None = None
+    def session_for(self, op: messages.Op) -> SessionRecord:
+        if self.record is None:
+            raise SessionError(f"op {op.name!r} before 'hello'")
+        return self.record
 
 
-_SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-class StateStore:
-    """Persists sessions in a directory, one file each, written atomically in the wire format.
-
-    A file holds the session's description (its ``hello`` without tensors), a snapshot
-    (suffix state, gradients, optimizer state) and the *durable point*: the request and the
-    number of its ops the snapshot includes. Nothing in it is ever unpickled or executed.
-    """
-
-    def __init__(self, directory: str | Path, limits: wire.Limits | None = None) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.limits = limits or wire.Limits(max_message_bytes=2**40)
-
-    def path(self, session_id: str) -> Path:
-        if not _SESSION_ID.match(session_id):
-            raise SessionError(f"malformed session id {session_id[:40]!r}")
-        return self.directory / f"{session_id}.lsw"
-
-    def save(self, record: _Session, seq: int, applied_ops: int) -> None:
-        data = wire.encode(
-            {
-                "description": record.description,
-                "snapshot": record.session.snapshot(),
-                "durable": [seq, applied_ops],
-                "steps": record.steps,
-            }
-        )
-        target = self.path(record.id)
-        temporary = target.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-    def load(self, session_id: str) -> dict[str, Any] | None:
-        path = self.path(session_id)
-        if not path.exists():
-            return None
-        try:
-            return wire.decode(path.read_bytes(), self.limits)
-        except (OSError, wire.WireError) as exc:
-            raise SessionError(f"the saved session {session_id} cannot be read: {exc}") from exc
-
-    def delete(self, session_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(session_id).unlink()
+#: an op's handler: the op, its connection, and the durable point should it persist the session.
+_Handler = Callable[[Any, _Connection, Point], messages.Reply | None]
 
 
 class SplitServer:
@@ -310,9 +119,18 @@ class SplitServer:
             self.policy = dataclasses.replace(self.policy, limits=limits)
         self.limits = self.policy.limits
         self.store = StateStore(self.policy.state_dir) if self.policy.state_dir is not None else None
-        self.sessions: dict[str, _Session] = {}
-        self._lock = threading.Lock()
+        self.sessions = SessionTable(host, self.store, self.policy.max_sessions, self.policy.session_ttl)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-compute")
+        self.handlers: dict[type[messages.Op], _Handler] = {
+            **dict.fromkeys(SESSION_OPS, self._on_session_op),
+            messages.Hello: self._on_hello,
+            messages.Resume: self._on_resume,
+            messages.Profile: lambda op, connection, point: self.host.profile(op),
+            messages.Ping: self._on_ping,
+            messages.Step: self._on_step,
+            messages.LoadOptimizerState: self._on_load_optimizer_state,
+            messages.Close: self._on_close,
+        }
 
     def _authorize(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
         if self.token is None:
@@ -325,8 +143,7 @@ class SplitServer:
 
     async def handle(self, websocket: ServerConnection) -> None:
         """Serve one connection: requests answered in order, the session kept when it drops."""
-        connection = protocol.ServerProtocol(self.limits)
-        attachment = _Attachment()
+        connection = _Connection(websocket, protocol.ServerProtocol(self.limits))
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -336,212 +153,106 @@ class SplitServer:
                     log.info("closing a connection idle for %g s (its session is kept)", self.policy.idle_timeout)
                     await websocket.close(1001, f"idle for {self.policy.idle_timeout:g} s; reconnect to resume")
                     break
-                reply = await loop.run_in_executor(
-                    self.executor, self._answer, connection, attachment, websocket, message
-                )
+                reply = await loop.run_in_executor(self.executor, self._answer, connection, message)
                 await websocket.send(reply)
         except ConnectionClosed:
             pass
         finally:
-            self._detach(attachment.record, websocket)
+            self.sessions.detach(connection.record, websocket)
 
-    def _answer(
-        self, connection: protocol.ServerProtocol, attachment: _Attachment, websocket: Any, message: Any
-    ) -> bytes:
+    def _answer(self, connection: _Connection, message: Any) -> bytes:
+        """The reply to one message of ``connection`` (on the compute thread); never raises."""
         try:
-            request = connection.receive(message)
+            request = connection.protocol.receive(message)
         except protocol.ProtocolError as exc:
-            return connection.error(None, "protocol", str(exc))
+            return connection.protocol.error(None, "protocol", str(exc))
         except Exception as exc:  # a parser bug must not end the connection; report it like a protocol error
             log.error("undecodable message:\n%s", traceback.format_exc())
-            return connection.error(None, "protocol", f"{type(exc).__name__}: {exc}")
+            return connection.protocol.error(None, "protocol", f"{type(exc).__name__}: {exc}")
         if isinstance(request, bytes):
             return request
-        results: list[Any] = [None] * request.skip
+        results: list[messages.Reply | None] = [None] * request.skip
         try:
             for index in range(request.skip, len(request.ops)):
-                results.append(self._run(connection, attachment, websocket, request, index))
+                results.append(self._run(request.ops[index], connection, Point(request.seq, index + 1)))
         except (SessionError, SplitError, protocol.ProtocolError) as exc:
-            return connection.error(request, type(exc).__name__, str(exc))
+            return connection.protocol.error(request, type(exc).__name__, str(exc))
         except Exception as exc:  # a bug or a bad tensor: end this request, keep serving
             log.error("request %s failed:\n%s", request.seq, traceback.format_exc())
-            return connection.error(request, "internal", f"{type(exc).__name__}: {exc}")
+            return connection.protocol.error(request, "internal", f"{type(exc).__name__}: {exc}")
         try:
-            return connection.reply(request, results)
+            return connection.protocol.reply(request, results)
         except (TypeError, ValueError) as exc:  # a result the wire cannot carry is a bug; keep serving
             log.error("reply to request %s cannot be encoded:\n%s", request.seq, traceback.format_exc())
-            return connection.error(request, "internal", f"the reply cannot be encoded: {exc}")
+            return connection.protocol.error(request, "internal", f"the reply cannot be encoded: {exc}")
 
-    def _run(
-        self,
-        connection: protocol.ServerProtocol,
-        attachment: _Attachment,
-        websocket: Any,
-        request: protocol.Request,
-        index: int,
-    ) -> Any:
-        op = request.ops[index]
-        name = op["op"]
-        if name == "hello":
-            record = self._open(op, websocket)
-            self._detach(attachment.record, websocket)
-            attachment.record = record
-            connection.attach(record.sequencer)
-            self._persist(record, request.seq, index + 1)
-            return {
-                "device": str(self.host.device),
-                "rng_sync": self.host.device.type == "cpu",
-                "session": record.id,
-                "persistent": self.store is not None,
-            }
-        if name == "resume":
-            record = self._resume(op["session"], websocket)
-            attachment.record = record
-            connection.attach(record.sequencer)
-            sequencer = record.sequencer
-            return {
-                "session": record.id,
-                "last_seq": sequencer.last_seq,
-                "have_reply": sequencer.last_reply is not None,
-                "durable": sequencer.durable,
-            }
-        if name == "profile":
-            return self.host.profile(op)
-        if name == "ping":
-            size = max(0, min(op["reply_bytes"], self.limits.max_message_bytes // 2))
-            hardware = hardware_name(self.host.device)
-            return {"payload": torch.zeros(size, dtype=torch.uint8), "hardware": hardware, "torch": torch.__version__}
-        record = attachment.record
-        if record is None:
-            raise SessionError(f"op {name!r} before 'hello'")
-        session = record.session
-        if name == "forward":
-            outputs, rng = session.forward(
-                op["id"], op["values"], op["requires_grad"], op["training"], op["grad"], op["rng"]
-            )
-            return {"outputs": outputs, "rng": rng, "compute_s": session.compute_s}
-        if name == "backward":
-            return {"grads": session.backward(op["id"], op["grads"]), "compute_s": session.compute_s}
-        if name == "release":
-            return session.release(op["ids"])
-        if name == "zero_grad":
-            return session.zero_grad(op["optimizer"], op["set_to_none"])
-        if name == "grad_norms":
-            return session.grad_norms(op["optimizer"], float(op["norm_type"]))
-        if name == "scale_grads":
-            return session.scale_grads(op["optimizer"], op["coefficient"])
-        if name == "clip_grad_value":
-            return session.clip_grad_value(op["optimizer"], float(op["value"]))
-        if name == "step":
-            session.step(op["optimizer"], op["hparams"])
-            record.steps += 1
-            if record.steps % self.policy.state_every == 0:
-                self._persist(record, request.seq, index + 1)
-            return None
-        if name == "state_dict":
-            return session.state_dict()
-        if name == "optimizer_state":
-            return session.optimizer_state(op["optimizer"])
-        if name == "load_optimizer_state":
-            result = session.load_optimizer_state(op["optimizer"], op["state"])
-            self._persist(record, request.seq, index + 1)
-            return result
-        if name == "close":
-            self._close(record)
-            attachment.record = None
-            return None
-        raise SessionError(f"op {name!r} is not served")
+    def _run(self, op: messages.Op, connection: _Connection, point: Point) -> messages.Reply | None:
+        handler = self.handlers.get(type(op))
+        if handler is None:
+            raise SessionError(f"op {op.name!r} is not served")
+        return handler(op, connection, point)
 
-    # -- sessions --------------------------------------------------------------------------
+    # -- the handlers ----------------------------------------------------------------------
 
-    def _open(self, hello: dict[str, Any], websocket: Any) -> _Session:
-        with self._lock:
-            self._expire()
-            if len(self.sessions) >= self.policy.max_sessions:
-                raise SessionError(
-                    f"the server holds {len(self.sessions)} sessions, its maximum: try again later, or start it "
-                    "with a larger --max-sessions"
-                )
-        session = self.host.open(hello)
-        description = {key: value for key, value in hello.items() if key not in ("op", "state")}
-        record = _Session(secrets.token_hex(16), session, description, connection=websocket)
-        with self._lock:
-            self.sessions[record.id] = record
-        log.info("session %s opened (%d held)", record.id, len(self.sessions))
-        return record
+    def _on_hello(self, op: messages.Hello, connection: _Connection, point: Point) -> messages.HelloReply:
+        record = self.sessions.open(op, connection.websocket)
+        self.sessions.detach(connection.record, connection.websocket)
+        connection.record = record
+        connection.protocol.attach(record.sequencer)
+        self.sessions.persist(record, point)
+        return messages.HelloReply(
+            device=str(self.host.device),
+            rng_sync=self.host.device.type == "cpu",
+            session=record.id,
+            persistent=self.store is not None,
+        )
 
-    def _resume(self, session_id: str, websocket: Any) -> _Session:
-        if not _SESSION_ID.match(session_id):
-            raise SessionError(f"malformed session id {session_id[:40]!r}")
-        with self._lock:
-            record = self.sessions.get(session_id)
-        if record is None:
-            record = self._restore(session_id)
-        with self._lock:
-            previous, record.connection, record.detached_at = record.connection, websocket, None
-        if previous is not None and previous is not websocket:
-            log.info("session %s moved to a new connection", session_id)
+    def _on_resume(self, op: messages.Resume, connection: _Connection, point: Point) -> messages.ResumeReply:
+        record, previous = self.sessions.reattach(op.session, connection.websocket)
+        if previous is not None:
+            log.info("session %s moved to a new connection", record.id)
             asyncio.run_coroutine_threadsafe(previous.close(1000, "session resumed on another connection"), self._loop)
-        return record
+        connection.record = record
+        connection.protocol.attach(record.sequencer)
+        sequencer = record.sequencer
+        return messages.ResumeReply(
+            session=record.id,
+            last_seq=sequencer.last_seq,
+            have_reply=sequencer.last_reply is not None,
+            durable=sequencer.durable,
+        )
 
-    def _restore(self, session_id: str) -> _Session:
-        saved = self.store.load(session_id) if self.store is not None else None
-        if saved is None:
-            raise SessionError(
-                f"no session {session_id} here: it was closed, expired after {self.policy.session_ttl:g} s without "
-                "its device, or the server restarted without --state-dir. Start the training again."
-            )
-        description = dict(saved["description"])
-        session = self.host.open({**description, "state": saved["snapshot"]["state"]})
-        session.restore(saved["snapshot"])
-        seq, applied = saved["durable"]
-        sequencer = protocol.Sequencer(last_seq=seq, applied_ops=applied, durable=seq)
-        record = _Session(session_id, session, description, sequencer, steps=int(saved["steps"]))
-        with self._lock:
-            self.sessions[session_id] = record
-        log.info("session %s restored from %s at request %d", session_id, self.store.directory, seq)
-        return record
+    def _on_ping(self, op: messages.Ping, connection: _Connection, point: Point) -> messages.PingReply:
+        size = max(0, min(op.reply_bytes, self.limits.max_message_bytes // 2))
+        return messages.PingReply(
+            payload=torch.zeros(size, dtype=torch.uint8), hardware=self.host.hardware, torch=torch.__version__
+        )
 
-    def _persist(self, record: _Session, seq: int, applied_ops: int) -> None:
-        if self.store is None:
-            return
-        self.store.save(record, seq, applied_ops)
-        record.sequencer.durable = seq
+    def _on_session_op(self, op: messages.Op, connection: _Connection, point: Point) -> messages.Reply | None:
+        return connection.session_for(op).session.handle(op)
 
-    def _close(self, record: _Session) -> None:
-        with self._lock:
-            self.sessions.pop(record.id, None)
-        if self.store is not None:
-            self.store.delete(record.id)
-        log.info("session %s closed (%d held)", record.id, len(self.sessions))
-        _release_memory()
+    def _on_step(self, op: messages.Step, connection: _Connection, point: Point) -> None:
+        record = connection.session_for(op)
+        record.session.handle(op)
+        record.steps += 1
+        if record.steps % self.policy.state_every == 0:
+            self.sessions.persist(record, point)
 
-    def _detach(self, record: _Session | None, websocket: Any) -> None:
-        if record is None:
-            return
-        with self._lock:
-            if record.connection is websocket:
-                record.connection, record.detached_at = None, time.monotonic()
+    def _on_load_optimizer_state(self, op: messages.LoadOptimizerState, connection: _Connection, point: Point) -> None:
+        record = connection.session_for(op)
+        record.session.handle(op)
+        self.sessions.persist(record, point)
 
-    def _expire(self) -> None:
-        """Free sessions whose device has been gone longer than the policy allows (lock held)."""
-        now = time.monotonic()
-        expired = [
-            key
-            for key, record in self.sessions.items()
-            if record.detached_at is not None and now - record.detached_at > self.policy.session_ttl
-        ]
-        for key in expired:
-            del self.sessions[key]
-            log.info("session %s expired after %g s without its device", key, self.policy.session_ttl)
-        if expired:
-            _release_memory()
+    def _on_close(self, op: messages.Close, connection: _Connection, point: Point) -> None:
+        self.sessions.close(connection.session_for(op))
+        connection.record = None
+
+    # -- lifetime --------------------------------------------------------------------------
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, max(0.05, self.policy.session_ttl / 4)))
-            with self._lock:
-                self._expire()
+            self.sessions.expire()
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 8765, ssl_context: ssl.SSLContext | None = None
@@ -576,13 +287,6 @@ class SplitServer:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _release_memory() -> None:
-    """Give freed session memory back to the system (glibc keeps it otherwise)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def bound_url(server: Server, secure: bool = False) -> str:
     """``ws://host:port`` of a started server (the real port when 0 was asked for)."""
     sockname = next(iter(server.sockets)).getsockname()
@@ -590,59 +294,3 @@ def bound_url(server: Server, secure: bool = False) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{'wss' if secure else 'ws'}://{host}:{sockname[1]}"
-
-
-class EmbeddedServer:
-    """A :class:`SplitServer` on a background thread of this process, on 127.0.0.1.
-
-    The same server code as ``lightning-split serve``: a single machine needs no second
-    command, and tests exercise the real transport.
-    """
-
-    def __init__(
-        self, host: ModelHost, token: str | None = None, port: int = 0, policy: ServerPolicy | None = None
-    ) -> None:
-        self.server = SplitServer(host, token=token, policy=policy)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stopped: asyncio.Future[None] | None = None
-        self.url = ""
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, args=(port,), name="split-embedded-server", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise RuntimeError(f"embedded server failed to start: {self._error}") from self._error
-
-    def _main(self, port: int) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve(port))
-        except BaseException as exc:  # surfaced to the constructor
-            self._error = exc
-            self._ready.set()
-        finally:
-            self._loop.close()
-
-    async def _serve(self, port: int) -> None:
-        started = await self.server.start("127.0.0.1", port)
-        self.url = bound_url(started)
-        self._stopped = asyncio.get_running_loop().create_future()
-        self._ready.set()
-        await self._stopped
-        started.close()
-        await started.wait_closed()
-        await self.server.stop_reaper()
-
-    def close(self) -> None:
-        """Stop accepting, close connections, join the thread."""
-        if self._stopped is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lambda: self._stopped.done() or self._stopped.set_result(None))
-        self._thread.join(timeout=10)
-        self.server.close()
-
-    def __enter__(self) -> EmbeddedServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -2,9 +2,10 @@
 
 A :class:`ServerSession` runs what the device asks for, in order: forward passes (kept for
 their backward), backward passes, gradient clipping and optimizer steps that mirror the
-device's optimizers, and state transfers for checkpoints. It knows nothing of sockets or
-framing (see :mod:`lightning_split.serve.app` for the transport) so it can be driven and
-tested directly.
+device's optimizers, and state transfers for checkpoints. :meth:`ServerSession.handle`
+runs one session op (a typed message of :mod:`lightning_split.transport.messages`) through
+a table and returns its reply. It knows nothing of sockets or framing (see
+:mod:`lightning_split.serve.app` for the transport) so it can be driven and tested directly.
 
 The server builds the suffix from *its own* instance of the model class: the device sends
 the init arguments (JSON), the graph fingerprint and the node placement, never code.
@@ -22,7 +23,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from lightning_split.graph.metadata import TensorMeta, ValueMeta, decode
 from lightning_split.graph.programs import SplitError, SplitSpec, server_program, used_state
+from lightning_split.transport import messages
 from lightning_split.transport.optimizers import OptimizerSpec, hyperparameter_from_wire, resolve_optimizer
 from lightning_split.transport.protocol import SessionError
 
@@ -65,7 +68,7 @@ class ServerSession:
     ) -> None:
         self.device = torch.device(device)
         self.spec = spec
-        self.cut_meta = list(cut_meta) if cut_meta is not None else None
+        self.cut_meta = [decode(meta) for meta in cut_meta] if cut_meta is not None else None
         self.max_batch = max_batch
         try:
             program = server_program(graph_module, spec)
@@ -108,6 +111,13 @@ class ServerSession:
         if not 0 <= index < len(self.mirrors):
             raise SessionError(f"optimizer index {index} out of range (the session has {len(self.mirrors)})")
         return self.mirrors[index]
+
+    def handle(self, op: messages.Op) -> messages.Reply | None:
+        """Run one op that concerns only this session (one of :data:`SESSION_OPS`); return its reply."""
+        run = _HANDLERS.get(type(op))
+        if run is None:
+            raise SessionError(f"op {op.name!r} is not an op of the session")
+        return run(self, op)
 
     # -- compute ---------------------------------------------------------------------------
 
@@ -178,7 +188,7 @@ class ServerSession:
         for output, grad in zip(outputs, grads):
             if grad is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
                 continue
-            if not isinstance(grad, torch.Tensor) or not (grad.is_floating_point() or grad.is_complex()):
+            if not (grad.is_floating_point() or grad.is_complex()):  # a tensor or None: the Backward op says so
                 raise SessionError(f"gradients must be floating-point tensors, got {_kind(grad)}")
             if grad.shape != output.shape:
                 raise SessionError(
@@ -298,6 +308,39 @@ class ServerSession:
             raise SessionError(f"the saved session does not fit this model: {exc!r}") from exc
 
 
+def _forward(session: ServerSession, op: messages.Forward) -> messages.ForwardReply:
+    outputs, rng = session.forward(op.id, op.values, op.requires_grad, op.training, op.grad, op.rng)
+    return messages.ForwardReply(outputs=outputs, rng=rng, compute_s=session.compute_s)
+
+
+def _backward(session: ServerSession, op: messages.Backward) -> messages.BackwardReply:
+    grads = session.backward(op.id, op.grads)
+    return messages.BackwardReply(grads=grads, compute_s=session.compute_s)
+
+
+#: each session op's handler: the op's fields in, its reply out.
+_HANDLERS: dict[type[messages.Op], Callable[[ServerSession, Any], messages.Reply | None]] = {
+    messages.Forward: _forward,
+    messages.Backward: _backward,
+    messages.Release: lambda session, op: session.release(op.ids),
+    messages.ZeroGrad: lambda session, op: session.zero_grad(op.optimizer, op.set_to_none),
+    messages.GradNorms: lambda session, op: messages.GradNormsReply(
+        norms=session.grad_norms(op.optimizer, float(op.norm_type))
+    ),
+    messages.ScaleGrads: lambda session, op: session.scale_grads(op.optimizer, op.coefficient),
+    messages.ClipGradValue: lambda session, op: session.clip_grad_value(op.optimizer, float(op.value)),
+    messages.Step: lambda session, op: session.step(op.optimizer, op.hparams),
+    messages.StateDict: lambda session, op: messages.StateDictReply(state=session.state_dict()),
+    messages.OptimizerState: lambda session, op: messages.OptimizerStateReply(
+        state=session.optimizer_state(op.optimizer)
+    ),
+    messages.LoadOptimizerState: lambda session, op: session.load_optimizer_state(op.optimizer, op.state),
+}
+
+#: the ops :meth:`ServerSession.handle` runs (the others concern connections, the host or the store).
+SESSION_OPS = frozenset(_HANDLERS)
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
@@ -305,9 +348,9 @@ def _kind(value: Any) -> str:
 
 
 def _check_value(value: Any, meta: Any, what: str, max_batch: int) -> None:
-    """Check a received value against the traced structure before it is used."""
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        _, shape, dtype = meta
+    """Check a received value against the traced structure (decoded metadata) before it is used."""
+    if isinstance(meta, TensorMeta):
+        shape, dtype = meta.shape, meta.dtype
         if not isinstance(value, torch.Tensor):
             raise SessionError(f"{what}: expected a tensor, got {_kind(value)}")
         if str(value.dtype) != dtype or value.dim() != len(shape):
@@ -317,13 +360,13 @@ def _check_value(value: Any, meta: Any, what: str, max_batch: int) -> None:
                 f"{what}: expected shape (batch, {', '.join(map(str, shape[1:]))}) with batch <= {max_batch}, "
                 f"got {tuple(value.shape)}"
             )
-    elif isinstance(meta, tuple | list) and not (len(meta) == 2 and meta[0] == "value"):
+    elif isinstance(meta, tuple | list):
         if not isinstance(value, tuple | list) or len(value) != len(meta):
             raise SessionError(f"{what}: expected a sequence of {len(meta)} values, got {_kind(value)}")
         for index, (item, item_meta) in enumerate(zip(value, meta)):
             _check_value(item, item_meta, f"{what}[{index}]", max_batch)
-    elif isinstance(value, torch.Tensor) and not isinstance(meta, dict):
-        raise SessionError(f"{what}: expected a {meta[1] if isinstance(meta, tuple) else meta}, got {_kind(value)}")
+    elif isinstance(value, torch.Tensor) and isinstance(meta, ValueMeta):
+        raise SessionError(f"{what}: expected a {meta.type_name}, got {_kind(value)}")
 
 
 def _to_cpu(value: Any) -> Any:

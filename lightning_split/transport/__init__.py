@@ -1,1 +1,1 @@
-"""The wire: a no-pickle frame format, the sans-I/O protocol, and the device's websocket client."""
+"""The wire: a no-pickle frame format, typed messages, the sans-I/O protocol, and the device's websocket client."""

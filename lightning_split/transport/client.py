@@ -2,8 +2,9 @@
 
 Training is sequential (the device waits for the server's outputs before it computes the
 loss), so the client is a plain blocking connection driven from the training thread:
-:meth:`RemoteServer.call` sends the deferred ops plus the ones given and returns their
-results. It counts bytes and wire time for the logs.
+:meth:`RemoteServer.call` sends the deferred ops plus the ones given (typed messages of
+:mod:`lightning_split.transport.messages`) and returns their checked replies. It counts
+bytes and wire time for the logs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from lightning_split.planning.profile import Link
-from lightning_split.transport import protocol, wire
+from lightning_split.transport import messages, protocol, wire
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 log = logging.getLogger("lightning_split.transport.client")
@@ -151,39 +152,38 @@ class RemoteServer:
                 "there, and is the port open?"
             ) from exc
 
-    def defer(self, op: dict[str, Any]) -> None:
+    def defer(self, op: messages.Op) -> None:
         """Queue an op that needs no reply (it rides with the next call)."""
         with self._lock:
             self.protocol.defer(op)
 
-    def call(self, ops: Sequence[dict[str, Any]]) -> list[Any]:
-        """Send the deferred ops and ``ops``; wait for and return the results of ``ops``.
+    def call(self, ops: Sequence[messages.Op]) -> list[Any]:
+        """Send the deferred ops and ``ops``; wait for and return the replies to ``ops``.
 
+        Each reply is the op's ``reply`` class (``None`` for ops without one), checked.
         A dropped connection is retried for ``retry_for`` seconds; the request is identified
         by its sequence number, so it is applied exactly once however often it is sent.
         """
         with self._lock:
             if self._socket is None:
                 self.connect()
-            ops = list(ops)
-            seq, data, skip = self.protocol.request(ops)
-            ordered = not all(op["op"] in protocol.UNORDERED for op in ops)
+            sent = self.protocol.request(ops)
             started = time.perf_counter()
             try:
-                reply = self._exchange(data)
+                reply = self._exchange(sent.data)
             except (ConnectionClosed, OSError) as exc:
-                reply = self._recover(seq, data, ordered, exc)
+                reply = self._recover(sent, exc)
             elapsed = time.perf_counter() - started
             self.traffic.requests += 1
-            self.traffic.bytes_up += len(data)
+            self.traffic.bytes_up += len(sent.data)
             self.traffic.bytes_down += len(reply)
             self.traffic.round_trip_s += elapsed
-            results = self.protocol.receive(reply, seq, skip)
-            for op, result in zip(ops, results):
-                if op["op"] == "hello" and isinstance(result, dict):
-                    self.session_id = result.get("session")
-                    self.protocol.keep_log = bool(result.get("persistent"))
-                elif op["op"] == "close":
+            results = self.protocol.receive(reply, sent)
+            for op, result in zip(sent.ops[sent.deferred :], results):
+                if isinstance(result, messages.HelloReply):
+                    self.session_id = result.session
+                    self.protocol.keep_log = result.persistent
+                elif isinstance(op, messages.Close):
                     self.session_id = None
             return results
 
@@ -206,8 +206,8 @@ class RemoteServer:
             raise protocol.ProtocolError("text reply received; the protocol uses binary messages only")
         return reply
 
-    def _recover(self, seq: int, data: bytes, ordered: bool, error: BaseException) -> bytes:
-        """Reconnect with backoff, resume the session and get the reply to request ``seq``."""
+    def _recover(self, sent: protocol.Sent, error: BaseException) -> bytes:
+        """Reconnect with backoff, resume the session and get the reply to ``sent``."""
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
@@ -222,39 +222,37 @@ class RemoteServer:
             self._drop_socket()
             try:
                 self.connect()
-                reply = self._resend(seq, data, ordered)
+                reply = self._resend(sent)
             except (_Unreachable, ConnectionClosed, OSError) as exc:
                 error = exc
                 continue
             self.reconnects += 1
             return reply
 
-    def _resend(self, seq: int, data: bytes, ordered: bool) -> bytes:
-        """On a fresh connection: resume the session, replay what the server lacks, resend ``seq``."""
-        if self.session_id is None or not ordered:
-            return self._exchange(data)
-        resume_seq, resume, _ = self.protocol.request([{"op": "resume", "session": self.session_id}])
+    def _resend(self, sent: protocol.Sent) -> bytes:
+        """On a fresh connection: resume the session, replay what the server lacks, resend ``sent``."""
+        if self.session_id is None or not sent.ordered:
+            return self._exchange(sent.data)
+        resume = self.protocol.request([messages.Resume(session=self.session_id)])
         try:
-            (info,) = self.protocol.receive(self._exchange(resume), resume_seq, 0)
+            (info,) = self.protocol.receive(self._exchange(resume.data), resume)
         except protocol.RemoteError as exc:
             raise ConnectionFailed(f"the server at {self.url} cannot resume this session: {exc.message}") from exc
-        if info["have_reply"] or info["durable"] is None:
-            pending = [(seq, data)]
+        if info.have_reply or info.durable is None:
+            pending = [sent]
         else:
-            pending = self.protocol.replay_from(int(info["last_seq"]))
-            log.warning(
-                "server restored the session at request %s; replaying %d requests", info["last_seq"], len(pending)
-            )
-        if pending[-1][0] != seq:
-            raise protocol.ProtocolError(f"replay log ends at request {pending[-1][0]}, not {seq}")
-        for earlier_seq, earlier in pending[:-1]:
+            pending = self.protocol.replay_from(info.last_seq)
+            log.warning("server restored the session at request %s; replaying %d requests", info.last_seq, len(pending))
+        if pending[-1].seq != sent.seq:
+            raise protocol.ProtocolError(f"replay log ends at request {pending[-1].seq}, not {sent.seq}")
+        for earlier in pending[:-1]:
             try:
-                self.protocol.receive(self._exchange(earlier), earlier_seq, 0)
+                self.protocol.receive(self._exchange(earlier.data), earlier)
             except protocol.RemoteError as exc:
                 raise ConnectionFailed(
-                    f"replaying request {earlier_seq} after the server restarted failed: {exc.message}"
+                    f"replaying request {earlier.seq} after the server restarted failed: {exc.message}"
                 ) from exc
-        return self._exchange(pending[-1][1])
+        return self._exchange(pending[-1].data)
 
     def _drop_socket(self) -> None:
         if self._socket is not None:

@@ -12,108 +12,42 @@ never a second application. The sequence belongs to the *session*, not the conne
 (:class:`Sequencer`): a device that lost its connection reconnects, sends ``resume`` with
 its session id and carries on. A server restored from its state directory knows only the
 *durable point* (the last persisted op); the device replays its requests from there and
-the server skips the ops it had already applied. Requests made only of :data:`UNORDERED`
-ops (``ping``, ``profile``, ``resume``) are answered outside the sequence.
+the server skips the ops it had already applied (their results are ``None``, and the reply
+says how many under ``"skipped"``). Requests made only of *unordered* ops (``ping``,
+``profile``, ``resume``) are answered outside the sequence.
 
-This module holds no sockets: :class:`ServerProtocol` and :class:`DeviceProtocol` turn
-bytes into checked Python values and back, so the rules can be tested without a network (the
-style of the ``websockets`` and ``h11`` libraries).
+Each op and each result is a typed message of :mod:`lightning_split.transport.messages`,
+checked on both sides. This module holds no sockets: :class:`ServerProtocol` and
+:class:`DeviceProtocol` turn bytes into checked messages and back, so the rules can be
+tested without a network (the style of the ``websockets`` and ``h11`` libraries).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from lightning_split.transport import wire
+from lightning_split.transport.errors import ProtocolError, RemoteError, SessionError
+from lightning_split.transport.messages import OPS, Hello, Op, Reply, Resume, op_from_wire
+
+__all__ = [
+    "VERSION",
+    "DeviceProtocol",
+    "ProtocolError",
+    "RemoteError",
+    "Request",
+    "Sent",
+    "Sequencer",
+    "ServerProtocol",
+    "SessionError",
+    "encode_error",
+    "encode_reply",
+    "encode_request",
+]
 
 VERSION = 1
-
-_INT = (int,)
-_NUM = (int, float)
-_TENSOR = (torch.Tensor,)
-_OPTIONAL_TENSOR = (torch.Tensor, type(None))
-
-#: the fields that describe the model to the server (``hello`` and ``profile``).
-_MODEL_FIELDS: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "init_args": (dict,),
-    "fingerprint": (str,),
-    "leaf_modules": (list,),
-    "example": (dict,),
-    "graph": (list,),
-}
-
-#: op name -> {field: accepted Python types}. Fields not listed are refused.
-OPS: dict[str, dict[str, tuple[type, ...]]] = {
-    "hello": {
-        **_MODEL_FIELDS,
-        "spec": (dict,),
-        "optimizers": (list,),
-        "state": (dict,),
-    },
-    "forward": {
-        "id": _INT,
-        "values": (list,),
-        "requires_grad": (list,),
-        "training": (bool,),
-        "grad": (bool,),
-        "rng": _OPTIONAL_TENSOR,
-    },
-    "backward": {"id": _INT, "grads": (list,)},
-    "release": {"ids": (list,)},
-    "zero_grad": {"optimizer": _INT, "set_to_none": (bool,)},
-    "grad_norms": {"optimizer": _INT, "norm_type": _NUM},
-    "scale_grads": {"optimizer": _INT, "coefficient": _TENSOR},
-    "clip_grad_value": {"optimizer": _INT, "value": _NUM},
-    "step": {"optimizer": _INT, "hparams": (list,)},
-    "state_dict": {},
-    "optimizer_state": {"optimizer": _INT},
-    "load_optimizer_state": {"optimizer": _INT, "state": (dict,)},
-    "profile": {
-        **_MODEL_FIELDS,
-        "warmup": _INT,
-        "repeats": _INT,
-        "optimizers": (list,),
-        "calibrate": (bool,),
-    },
-    "ping": {"payload": _OPTIONAL_TENSOR, "reply_bytes": _INT},
-    "resume": {"session": (str,)},
-    "close": {},
-}
-
-#: fields an op may leave out (the receiver then uses its default); every other listed field is required.
-OPTIONAL: dict[str, frozenset[str]] = {
-    "hello": frozenset({"leaf_modules", "graph"}),
-    "profile": frozenset({"leaf_modules", "graph", "optimizers", "calibrate"}),
-}
-
-#: ops whose result the client does not wait for; they are sent with the next request.
-DEFERRABLE = frozenset({"zero_grad", "scale_grads", "clip_grad_value", "step", "release"})
-
-#: ops that change no session state: a request of only these is answered outside the
-#: session's sequence (it neither needs nor consumes a sequence number).
-UNORDERED = frozenset({"ping", "profile", "resume"})
-
-
-class ProtocolError(ValueError):
-    """A message breaks the protocol; the text names the field and the rule."""
-
-
-class SessionError(RuntimeError):
-    """A request the session cannot honour; the message says what and why. Ends the request, not the server."""
-
-
-class RemoteError(RuntimeError):
-    """The server refused or failed a request; carries the server's explanation."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"server error ({kind}): {message}")
-        self.kind = kind
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -121,43 +55,13 @@ class Request:
     """A checked request. ``skip`` ops at its start were already applied (a replay after a restore)."""
 
     seq: int
-    ops: list[dict[str, Any]]
+    ops: tuple[Op, ...]
     skip: int = 0
 
     @property
     def ordered(self) -> bool:
         """Whether the request belongs to the session's sequence (it changes session state)."""
-        return not all(op["op"] in UNORDERED for op in self.ops)
-
-
-def check_op(op: Any, index: int = 0) -> dict[str, Any]:
-    """Validate one op against :data:`OPS`; return it unchanged or raise :class:`ProtocolError`."""
-    if not isinstance(op, dict):
-        raise ProtocolError(f"op {index}: expected an object, got {type(op).__name__}")
-    name = op.get("op")
-    if not isinstance(name, str) or name not in OPS:
-        raise ProtocolError(f"op {index}: unknown op {name!r}; known ops: {', '.join(sorted(OPS))}")
-    schema = OPS[name]
-    extra = sorted(set(op) - set(schema) - {"op"})
-    if extra:
-        raise ProtocolError(f"op {index} ({name}): unexpected field(s) {', '.join(extra)}")
-    for key, types in schema.items():
-        if key not in op:
-            if key in OPTIONAL.get(name, ()):
-                continue
-            raise ProtocolError(f"op {index} ({name}): missing field {key!r}")
-        value = op[key]
-        if isinstance(value, bool) and bool not in types:
-            raise ProtocolError(f"op {index} ({name}): field {key!r} must be {_names(types)}, got a bool")
-        if not isinstance(value, types):
-            raise ProtocolError(
-                f"op {index} ({name}): field {key!r} must be {_names(types)}, got {type(value).__name__}"
-            )
-    return op
-
-
-def _names(types: tuple[type, ...]) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        return not all(op.unordered for op in self.ops)
 
 
 def _decode(data: bytes | str, limits: wire.Limits, what: str) -> dict[str, Any]:
@@ -170,19 +74,36 @@ def _decode(data: bytes | str, limits: wire.Limits, what: str) -> dict[str, Any]
         raise ProtocolError(f"undecodable {what}: {exc}") from exc
 
 
-def encode_request(seq: int, ops: Sequence[Mapping[str, Any]]) -> bytes:
-    return wire.encode({"v": VERSION, "seq": seq, "ops": list(ops)})
+def encode_request(seq: int, ops: Sequence[Op]) -> bytes:
+    return wire.encode({"v": VERSION, "seq": seq, "ops": [op.to_wire() for op in ops]})
 
 
-def encode_reply(seq: int, results: Sequence[Any], durable: int | None = None) -> bytes:
-    payload: dict[str, Any] = {"v": VERSION, "seq": seq, "results": list(results)}
+def encode_reply(seq: int, results: Sequence[Reply | None], durable: int | None = None, skipped: int = 0) -> bytes:
+    """A reply: the result of every op of request ``seq`` (``None`` for ops without one).
+
+    ``skipped`` ops at the start were applied before a restore and have ``None`` results; the
+    key is written only then, so the bytes of every other reply are those of earlier versions.
+    """
+    payload: dict[str, Any] = {
+        "v": VERSION,
+        "seq": seq,
+        "results": [result.to_wire() if result is not None else None for result in results],
+    }
     if durable is not None:
         payload["durable"] = durable
+    if skipped:
+        payload["skipped"] = skipped
     return wire.encode(payload)
 
 
 def encode_error(seq: int | None, kind: str, message: str) -> bytes:
     return wire.encode({"v": VERSION, "seq": seq, "error": {"kind": kind, "message": message}})
+
+
+def _where(index: int, op: Any) -> str:
+    """How errors name op ``index`` of a request: by position, and by name when it is a known op."""
+    name = op.name if isinstance(op, Op) else op.get("op") if isinstance(op, dict) else None
+    return f"op {index} ({name})" if isinstance(name, str) and name in OPS else f"op {index}"
 
 
 @dataclass
@@ -225,10 +146,11 @@ class Sequencer:
 class ServerProtocol:
     """Protocol state of one connection on the server side.
 
-    Parses and checks messages; the order of requests is kept by the :class:`Sequencer` of
-    the session the connection is attached to (a fresh one until ``hello`` or ``resume``).
-    It does not run ops: the caller runs the :class:`Request` that :meth:`receive` returns
-    and hands the results to :meth:`reply`.
+    Parses and checks messages (each op into its :mod:`~lightning_split.transport.messages`
+    class); the order of requests is kept by the :class:`Sequencer` of the session the
+    connection is attached to (a fresh one until ``hello`` or ``resume``). It does not run
+    ops: the caller runs the :class:`Request` that :meth:`receive` returns and hands the
+    results to :meth:`reply`.
     """
 
     limits: wire.Limits = field(default_factory=wire.Limits)
@@ -246,20 +168,18 @@ class ServerProtocol:
             raise ProtocolError(f"protocol version {payload.get('v')!r} is not supported (server speaks {VERSION})")
         seq, ops = payload.get("seq"), payload.get("ops")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise ProtocolError(f"'seq' must be a non-negative integer, got {seq!r}")
+            raise ProtocolError(f"'seq' must be a non-negative integer, got {seq!r}", "seq")
         if not isinstance(ops, list) or not ops:
-            raise ProtocolError("'ops' must be a non-empty list")
-        checked = [check_op(op, index) for index, op in enumerate(ops)]
-        request = Request(seq, checked)
+            raise ProtocolError("'ops' must be a non-empty list", "ops")
+        request = Request(seq, tuple(op_from_wire(op, _where(index, op)) for index, op in enumerate(ops)))
+        first = request.ops[0]
         if not request.ordered:
-            if any(op["op"] == "resume" for op in checked) and len(checked) > 1:
+            if any(isinstance(op, Resume) for op in request.ops) and len(request.ops) > 1:
                 raise ProtocolError("'resume' must be the only op of its request")
             return request
-        if not self.attached and checked[0]["op"] != "hello":
-            raise ProtocolError(
-                f"the first op must be 'hello' (or 'resume' to continue a session), got {checked[0]['op']!r}"
-            )
-        if checked[0]["op"] == "hello":
+        if not self.attached and not isinstance(first, Hello):
+            raise ProtocolError(f"the first op must be 'hello' (or 'resume' to continue a session), got {first.name!r}")
+        if isinstance(first, Hello):
             return request  # a new session starts its own sequence
         return self.sequencer.admit(request)
 
@@ -267,11 +187,11 @@ class ServerProtocol:
         """Continue the sequence of a session (after ``hello`` or ``resume``)."""
         self.sequencer, self.attached = sequencer, True
 
-    def reply(self, request: Request, results: Sequence[Any]) -> bytes:
+    def reply(self, request: Request, results: Sequence[Reply | None]) -> bytes:
         """Encode the results of a request that ran, and remember them for a retry."""
         if not request.ordered:
             return encode_reply(request.seq, results)
-        data = encode_reply(request.seq, results, self.sequencer.durable)
+        data = encode_reply(request.seq, results, self.sequencer.durable, request.skip)
         self.sequencer.answered(request, data)
         return data
 
@@ -284,67 +204,95 @@ class ServerProtocol:
         return data
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A request as the device sent it: its number, its bytes, and its ops, the deferred ones first."""
+
+    seq: int
+    data: bytes
+    ops: tuple[Op, ...]
+    deferred: int = 0
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the request belongs to the session's sequence (see :attr:`Request.ordered`)."""
+        return not all(op.unordered for op in self.ops)
+
+
 @dataclass
 class DeviceProtocol:
     """Protocol state of the device side: sequence numbers, deferred ops and the replay log.
 
-    The replay log keeps each ordered request (its bytes) until the server reports it
-    durable, so after a server restart the device can send again what was lost.
+    The replay log keeps each ordered request until the server reports it durable, so after
+    a server restart the device can send again what was lost.
     """
 
     limits: wire.Limits = field(default_factory=wire.Limits)
     seq: int = -1
-    deferred: list[dict[str, Any]] = field(default_factory=list)
-    log: list[tuple[int, bytes]] = field(default_factory=list)
+    deferred: list[Op] = field(default_factory=list)
+    log: list[Sent] = field(default_factory=list)
     keep_log: bool = False
 
-    def defer(self, op: dict[str, Any]) -> None:
+    def defer(self, op: Op) -> None:
         """Queue an op that needs no answer; it goes out with the next request."""
-        check_op(op)
-        if op["op"] not in DEFERRABLE:
-            raise ProtocolError(f"op {op['op']!r} needs an answer and cannot be deferred")
+        if not op.deferrable:
+            raise ProtocolError(f"op {op.name!r} needs an answer and cannot be deferred")
         self.deferred.append(op)
 
-    def request(self, ops: Sequence[dict[str, Any]]) -> tuple[int, bytes, int]:
-        """Encode the deferred ops followed by ``ops``; returns (seq, bytes, number of deferred ops).
+    def request(self, ops: Sequence[Op]) -> Sent:
+        """Encode the deferred ops followed by ``ops``.
 
-        A request of only :data:`UNORDERED` ops carries no deferred ops and takes no new number.
+        A request of only unordered ops (``ping``, ``profile``, ``resume``) carries no deferred
+        ops and takes no new number.
         """
-        for index, op in enumerate(ops):
-            check_op(op, index)
-        if all(op["op"] in UNORDERED for op in ops):
-            return max(self.seq, 0), encode_request(max(self.seq, 0), list(ops)), 0
+        if not ops:
+            raise ProtocolError("a request needs at least one op")
+        if all(op.unordered for op in ops):
+            seq = max(self.seq, 0)
+            return Sent(seq, encode_request(seq, ops), tuple(ops))
         self.seq += 1
-        pending, self.deferred = self.deferred, []
-        data = encode_request(self.seq, [*pending, *ops])
+        every = (*self.deferred, *ops)
+        sent = Sent(self.seq, encode_request(self.seq, every), every, len(self.deferred))
+        self.deferred = []
         if not self.keep_log:
             self.log.clear()
-        self.log.append((self.seq, data))
-        return self.seq, data, len(pending)
+        self.log.append(sent)
+        return sent
 
-    def replay_from(self, seq: int) -> list[tuple[int, bytes]]:
+    def replay_from(self, seq: int) -> list[Sent]:
         """The logged requests from ``seq`` on, to send again after a restore.
 
         Raises:
             ProtocolError: the log no longer holds request ``seq``.
         """
-        if not self.log or self.log[0][0] > seq:
-            oldest = self.log[0][0] if self.log else None
+        if not self.log or self.log[0].seq > seq:
+            oldest = self.log[0].seq if self.log else None
             raise ProtocolError(f"cannot replay from request {seq}: the device kept requests from {oldest} on")
-        return [(s, data) for s, data in self.log if s >= seq]
+        return [sent for sent in self.log if sent.seq >= seq]
 
-    def receive(self, data: bytes | str, seq: int, skip: int) -> list[Any]:
-        """Decode the reply to request ``seq``; return the results of the non-deferred ops."""
+    def receive(self, data: bytes | str, sent: Sent) -> list[Reply | None]:
+        """Decode and check the reply to ``sent``; return the results of its non-deferred ops.
+
+        Raises:
+            RemoteError: the server answered with an error.
+            ProtocolError: the reply is malformed, or a result is not what its op returns.
+        """
         payload = _decode(data, self.limits, "reply from the server")
         if "error" in payload:
             error = payload["error"] if isinstance(payload["error"], dict) else {}
             raise RemoteError(str(error.get("kind", "error")), str(error.get("message", payload["error"])))
-        if payload.get("seq") != seq:
-            raise ProtocolError(f"reply to request {payload.get('seq')!r} received while waiting for {seq}")
-        results = payload.get("results")
-        if not isinstance(results, list):
-            raise ProtocolError("reply without a 'results' list")
+        if payload.get("seq") != sent.seq:
+            raise ProtocolError(f"reply to request {payload.get('seq')!r} received while waiting for {sent.seq}")
+        results, skipped = payload.get("results"), payload.get("skipped", 0)
+        if not isinstance(results, list) or len(results) != len(sent.ops):
+            raise ProtocolError(f"the reply to request {sent.seq} must carry a 'results' list of {len(sent.ops)}")
+        if not isinstance(skipped, int) or isinstance(skipped, bool) or not 0 <= skipped <= len(results):
+            raise ProtocolError(f"'skipped' must be an integer from 0 to {len(results)}, got {skipped!r}", "skipped")
+        replies = [
+            None if index < skipped and result is None else op.reply_from_wire(result, f"reply to {_where(index, op)}")
+            for index, (op, result) in enumerate(zip(sent.ops, results))
+        ]
         durable = payload.get("durable")
         if isinstance(durable, int) and not isinstance(durable, bool):
-            self.log = [(s, d) for s, d in self.log if s >= durable]
-        return results[skip:]
+            self.log = [entry for entry in self.log if entry.seq >= durable]
+        return replies[sent.deferred :]

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks._common import residual_stack as shared_residual_stack
-from lightning_split.planning import planner
+from lightning_split.planning import clusters as cluster_module
+from lightning_split.planning.cutgraph import CostGraph
 from lightning_split.planning.planner import (
     METHODS,
     Breakdown,
@@ -25,6 +26,7 @@ from lightning_split.planning.planner import (
     step_time,
 )
 from lightning_split.planning.profile import Link, NodeCost, Profile, chain_profile
+from lightning_split.planning.ranges import is_chain, solve_range
 
 TOL = 1e-9
 
@@ -168,7 +170,7 @@ def test_blockwise_with_min_cut_clusters_matches_exhaustive(case):
         return
     oracle = exhaustive(profile, pin_device, pin_server)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(planner, "_TINY_CLUSTER", 0)
+        patch.setattr(cluster_module, "_TINY_CLUSTER", 0)
         result = plan(profile, "blockwise", pin_device, pin_server)
     check_plan(profile, result, pin_device, pin_server)
     assert result.predicted_step_s == pytest.approx(oracle.predicted_step_s, abs=TOL)
@@ -533,7 +535,7 @@ def test_a_model_without_inputs_may_run_entirely_on_the_server():
 def test_chain_scan_matches_min_cut(costs, data):
     # Between adjacent boundaries chain ranges are short, so check the scan on long chains directly.
     profile = chain_profile(*zip(*costs), Link(10.0, 5.0, data.draw(st.sampled_from([0.0, 1.0]))), input_bytes=7)
-    graph = planner._Costs(profile)
+    graph = CostGraph(profile)
     lo = data.draw(st.integers(0, graph.n - 1))
     hi = data.draw(st.integers(lo, graph.n - 1))
     on_device = set(data.draw(st.lists(st.integers(lo, hi), max_size=1)))
@@ -545,9 +547,9 @@ def test_chain_scan_matches_min_cut(costs, data):
     if hi < graph.n - 1:
         on_server.add(hi)  # the range's last node feeds the rest: as in blockwise, it is pinned to the server
         on_device.discard(hi)
-    assert planner._is_chain(graph, lo, hi)
-    scan = planner._solve_range(graph, lo, hi, on_device, on_server, elsewhere, True)
-    cut = planner._solve_range(graph, lo, hi, on_device, on_server, elsewhere, False)
+    assert is_chain(graph, lo, hi)
+    scan = solve_range(graph, lo, hi, on_device, on_server, elsewhere, True)
+    cut = solve_range(graph, lo, hi, on_device, on_server, elsewhere, False)
     assert scan[0] == cut[0]
 
 

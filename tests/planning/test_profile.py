@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -65,3 +66,77 @@ def test_link_from_mbps_and_chain_helper():
     assert profile.outputs == ["n1"]
     assert profile.consumers() == {"x": ["n0"], "n0": ["n1"], "n1": []}
     assert isinstance(profile.nodes[1], NodeCost)
+
+
+def with_optional_fields() -> dict:
+    data = spec_example()
+    data["link"]["message_s"] = 0.0015
+    data["nodes"][0].update(param_bytes=0, device_mem_bytes=0)
+    data["nodes"][1].update(param_bytes=6912, device_mem_bytes=2125000, device_fwd_s=0.0013, server_fwd_s=4e-05)
+    return data
+
+
+def test_optional_fields_are_read_as_fields_and_written_back_unchanged(tmp_path):
+    profile = Profile.from_json(with_optional_fields())
+    conv = profile.node("conv1")
+    assert (conv.param_bytes, conv.device_mem_bytes, conv.device_fwd_s, conv.server_fwd_s) == (
+        6912,
+        2125000,
+        0.0013,
+        4e-05,
+    )
+    assert profile.link.message_s == 0.0015 and profile.link.per_message_s == 0.0015
+    path = tmp_path / "p.json"
+    profile.save(path)
+    assert path.read_text() == json.dumps(with_optional_fields(), indent=1) + "\n"  # same keys, same order
+
+
+def test_optional_fields_absent_stay_absent():
+    profile = Profile.from_json(spec_example())
+    node = profile.node("conv1")
+    assert (node.param_bytes, node.device_mem_bytes, node.device_fwd_s, node.server_fwd_s) == (None,) * 4
+    assert profile.link.message_s is None and profile.link.per_message_s == 0.0
+    assert profile.to_json() == spec_example()
+    assert node.forward_s("device") == pytest.approx(0.0041 / 3) and node.forward_s("server") == pytest.approx(4e-05)
+
+
+def test_optional_fields_given_as_fields_are_written_after_the_required_ones():
+    node = NodeCost("conv", "op", ("x",), 10, 0.3, 0.03, {"module": "conv"}, param_bytes=40, device_fwd_s=0.1)
+    assert list(node.to_json()) == ["name", "kind", "inputs", "out_bytes", "device_s", "server_s", "param_bytes",
+                                    "device_fwd_s", "module"]  # fmt: skip
+    assert node.forward_s("device") == 0.1 and node.forward_s("server") == pytest.approx(0.01)
+    link = Link(1.0, 2.0, 0.5, message_s=0.25)
+    assert link.to_json() == {"uplink_bytes_per_s": 1.0, "downlink_bytes_per_s": 2.0, "rtt_s": 0.5, "message_s": 0.25}
+    assert "message_s" not in Link(1.0, 2.0).to_json()
+
+
+def test_param_bytes_in_extra_as_the_estimator_writes_it_is_read_as_the_field():
+    # estimate_profile (and measured_profile, which reuses its nodes) put param_bytes among the extras.
+    node = NodeCost("conv", "op", ("x",), 10, 0.3, 0.03, {"op": "call_module", "param_bytes": 4000, "shape": [1]})
+    assert node.param_bytes == 4000 and node.extra["param_bytes"] == 4000
+    assert list(node.to_json())[6:] == ["op", "param_bytes", "shape"]
+    replaced = dataclasses.replace(node, param_bytes=8000)
+    assert replaced.param_bytes == 8000 and replaced.extra["param_bytes"] == 8000  # the two never disagree
+    assert replaced.to_json()["param_bytes"] == 8000
+    assert NodeCost("c", "op", (), 1, 0.0, 0.0, {"param_bytes": 12.0}).param_bytes == 12
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["nodes"][1].update(param_bytes=-1), "node 'conv1' has param_bytes=-1"),
+        (lambda d: d["nodes"][1].update(param_bytes="many"), "node 'conv1' has param_bytes='many'"),
+        (lambda d: d["nodes"][1].update(param_bytes=1.5), "node 'conv1' has param_bytes=1.5"),
+        (lambda d: d["nodes"][1].update(device_mem_bytes=-5), "node 'conv1' has device_mem_bytes=-5"),
+        (lambda d: d["nodes"][1].update(device_fwd_s=-0.1), "node 'conv1' has device_fwd_s=-0.1"),
+        (lambda d: d["nodes"][1].update(server_fwd_s="x"), "node 'conv1' has server_fwd_s='x'"),
+        (lambda d: d["nodes"][1].update(device_fwd_s=0.5), "device_fwd_s=0.5 above its device_s=0.0041"),
+        (lambda d: d["link"].update(message_s=-1.0), "link.message_s"),
+        (lambda d: d["link"].update(message_s="slow"), "link.message_s"),
+    ],
+)
+def test_malformed_optional_fields_name_the_node_and_field(mutate, message):
+    data = with_optional_fields()
+    mutate(data)
+    with pytest.raises(ProfileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Profile.from_json(data)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from lightning_split import SplitStrategy
-from lightning_split.transport import protocol, wire
 from tests.faultproxy import FaultProxy
 from tests.helpers import ServeProcess, assert_same_parameters, trainer
 
@@ -145,28 +144,3 @@ def test_idle_connection_closed_by_server_resumes_transparently(caplog):
     assert pause.done == [4]
     assert_same_parameters(local, split)
     assert any("idle for 0.3 s" in m for m in _client_warnings(caplog)), _client_warnings(caplog)
-
-
-def test_sequencer_rules_without_a_network():
-    """Retry gets the cached reply; after a restore the durable request replays only its unapplied ops."""
-    ops = [{"op": "zero_grad", "optimizer": 0, "set_to_none": True}, {"op": "state_dict"}]
-    sequencer = protocol.Sequencer()
-    first = protocol.Request(0, ops)
-    assert sequencer.admit(first) is first
-    sequencer.answered(first, b"reply-0")
-    assert sequencer.admit(protocol.Request(0, ops)) == b"reply-0"
-    with pytest.raises(protocol.ProtocolError, match="out of order"):
-        sequencer.admit(protocol.Request(2, ops))
-    restored = protocol.Sequencer(last_seq=5, applied_ops=1, durable=5)
-    replay = restored.admit(protocol.Request(5, ops))
-    assert isinstance(replay, protocol.Request) and replay.skip == 1
-    restored.answered(replay, b"reply-5")
-    assert restored.admit(protocol.Request(6, ops)).skip == 0
-
-    client = protocol.DeviceProtocol(keep_log=True)
-    for _ in range(3):
-        client.request([{"op": "state_dict"}])
-    assert [seq for seq, _ in client.replay_from(1)] == [1, 2]
-    client.receive(wire.encode({"v": 1, "seq": 2, "results": [None], "durable": 2}), 2, 0)
-    with pytest.raises(protocol.ProtocolError, match="cannot replay from request 1"):
-        client.replay_from(1)

@@ -8,13 +8,16 @@ local training.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightning_split.transport import wire
-from lightning_split.transport.protocol import OPS, VERSION, encode_request
+from lightning_split.transport import messages, wire
+from lightning_split.transport.messages import OPS
+from lightning_split.transport.protocol import VERSION, encode_request
 from tests.helpers import assert_same_parameters, fit_pair, open_session
 
 pytestmark = pytest.mark.slow
@@ -43,7 +46,7 @@ _values = st.recursive(
 @st.composite
 def _ops(draw) -> dict:
     name = draw(st.sampled_from([*OPS, "nope", ""]))
-    fields = OPS.get(name, {})
+    fields = [spec.name for spec in dataclasses.fields(OPS[name])] if name in OPS else []
     op = {"op": name}
     for key in fields:
         if draw(st.booleans()) or draw(st.booleans()):
@@ -62,8 +65,8 @@ _messages = st.builds(
 
 
 def _valid_frame() -> bytes:
-    return encode_request(3, [{"op": "forward", "id": 1, "values": [torch.ones(2, 3)], "requires_grad": [True],
-                               "training": True, "grad": True, "rng": None}])  # fmt: skip
+    return encode_request(3, [messages.Forward(id=1, values=[torch.ones(2, 3)], requires_grad=[True],
+                                               training=True, grad=True, rng=None)])  # fmt: skip
 
 
 _corrupted = st.builds(

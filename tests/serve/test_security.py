@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from lightning_split import SplitStrategy
-from lightning_split.transport import wire
+from lightning_split.transport import messages, wire
 from lightning_split.transport.client import ConnectionFailed, RemoteServer
 from lightning_split.transport.protocol import RemoteError, encode_request
 from tests.helpers import ServeProcess, assert_same_parameters, fit_pair, open_session, trainer
@@ -86,7 +86,7 @@ def test_wrong_and_missing_tokens_get_401_before_anything_runs(tmp_path):
                 connect(server.url, proxy=None, additional_headers=headers)
             assert info.value.response.status_code == 401
         with connect(server.url, proxy=None, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
-            ws.send(encode_request(0, [{"op": "ping", "payload": None, "reply_bytes": 3}]))
+            ws.send(encode_request(0, [messages.Ping(payload=None, reply_bytes=3)]))
             assert wire.decode(ws.recv(timeout=10))["results"][0]["payload"].numel() == 3
     finally:
         server.stop()
@@ -101,10 +101,10 @@ def test_values_are_checked_against_the_plan_and_a_bad_request_ends_only_itself(
 
     def forward(values, requires_grad=None):
         requires_grad = requires_grad if requires_grad is not None else [False] * len(values)
-        op = {"op": "forward", "id": 999, "values": values, "requires_grad": requires_grad, "training": True}
-        return remote.call([{**op, "grad": False, "rng": None}])
+        op = {"id": 999, "values": values, "requires_grad": requires_grad, "training": True}
+        return remote.call([messages.Forward(**op, grad=False, rng=None)])
 
-    assert forward(good)[0]["outputs"]  # the good values pass the checks
+    assert forward(good)[0].outputs  # the good values pass the checks
     bad_cases = {
         "expected a tensor": [1, 2],
         "expected torch.float32": [good[0].double(), good[1]],
@@ -120,9 +120,9 @@ def test_values_are_checked_against_the_plan_and_a_bad_request_ends_only_itself(
             else:
                 forward(values)
     with pytest.raises(RemoteError, match="floating-point"):
-        remote.call([{"op": "backward", "id": 0, "grads": [torch.zeros(32, 10, dtype=torch.int64)]}])
+        remote.call([messages.Backward(id=0, grads=[torch.zeros(32, 10, dtype=torch.int64)])])
     with pytest.raises(RemoteError, match="optimizer index 7 out of range"):
-        remote.call([{"op": "grad_norms", "optimizer": 7, "norm_type": 2.0}])
+        remote.call([messages.GradNorms(optimizer=7, norm_type=2.0)])
     again = runtime.forward(images)  # the session still serves, with the same results
     torch.testing.assert_close(again, expected)
     runtime.close()

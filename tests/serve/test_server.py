@@ -10,9 +10,14 @@ from websockets.sync.client import connect
 from lightning_split import SplitStrategy
 from lightning_split.transport import wire
 from lightning_split.transport.client import ConnectionFailed
-from lightning_split.transport.protocol import encode_request
+from lightning_split.transport.protocol import VERSION
 from tests.helpers import ServeProcess, trainer
 from tests.models import DagNet, loader
+
+
+def raw_request(seq: int, ops: list) -> bytes:
+    """A request frame with ops as given (malformed ones included), bypassing the typed messages."""
+    return wire.encode({"v": VERSION, "seq": seq, "ops": ops})
 
 
 def error_of(reply: bytes) -> str:
@@ -27,11 +32,11 @@ def test_malformed_messages_get_errors_and_the_server_keeps_serving(dagnet_serve
         assert "undecodable" in error_of(ws.recv(timeout=10))
         ws.send("text is not allowed")
         assert "binary" in error_of(ws.recv(timeout=10))
-        ws.send(encode_request(0, [{"op": "forward", "id": 0}]))
+        ws.send(raw_request(0, [{"op": "forward", "id": 0}]))
         assert "missing field" in error_of(ws.recv(timeout=10))
-        ws.send(encode_request(1, [{"op": "launch_missiles"}]))
+        ws.send(raw_request(1, [{"op": "launch_missiles"}]))
         assert "unknown op" in error_of(ws.recv(timeout=10))
-        ws.send(encode_request(2, [{"op": "state_dict"}]))
+        ws.send(raw_request(2, [{"op": "state_dict"}]))
         assert "first op must be 'hello'" in error_of(ws.recv(timeout=10))
         header = wire.encode({"v": 1, "seq": 3, "ops": []})
         ws.send(header[:-1] + b"\xff")

@@ -1,0 +1,88 @@
+"""The optimal placement of a range of consecutive nodes, rtt term included, and the ``"full"`` method.
+
+:func:`solve_range` places the nodes ``lo..hi`` of a :class:`~lightning_split.planning.cutgraph.CostGraph`:
+the whole graph for ``"full"`` (:func:`full`), a segment between two boundaries for
+``"blockwise"``. It takes the minimum cut of the range's cut graph and adds the rtt term as
+the :mod:`~lightning_split.planning.cutgraph` docstring explains: paid when some node is on the
+server, and all-device tried as well when nothing forces the server. With the blockwise
+shortcuts, ranges that are plain chains (such as two adjacent boundaries) are solved by a linear
+scan, ranges of fewer than :data:`SMALL_SEGMENT` nodes by augmenting paths, larger ones by networkx.
+"""
+
+from __future__ import annotations
+
+from lightning_split.planning.cutgraph import CostGraph, cut_edges
+from lightning_split.planning.mincut import min_cut
+
+__all__ = ["SMALL_SEGMENT", "full", "is_chain", "scan_chain", "solve_range"]
+
+SMALL_SEGMENT = 64
+"""Ranges (and clusters) of fewer nodes are cut by augmenting paths instead of networkx."""
+
+
+def full(costs: CostGraph, on_device: set[int], on_server: set[int]) -> list[int]:
+    """Device positions of an optimal placement by one min cut of the whole graph (the ``"full"`` method)."""
+    return solve_range(costs, 0, costs.n - 1, costs.with_inputs(on_device), on_server, False, False)[1]
+
+
+def solve_range(
+    costs: CostGraph,
+    lo: int,
+    hi: int,
+    on_device: set[int],
+    on_server: set[int],
+    server_elsewhere: bool,
+    blockwise: bool,
+) -> tuple[int, list[int]]:
+    """Optimal placement of the nodes ``lo..hi`` including the rtt term: (integer cost, device positions).
+
+    Every node of the range not pinned to the server must have its consumers in the range (see
+    :func:`~lightning_split.planning.cutgraph.cut_edges`). ``server_elsewhere`` says that some
+    node outside the range is on the server, so the rtt term is paid whatever happens here;
+    otherwise it is paid iff this range puts a node there. ``blockwise`` allows the shortcuts
+    for chains and small segments; without it the range is solved by :func:`networkx.minimum_cut`
+    (the ``"full"`` method).
+    """
+    if blockwise and is_chain(costs, lo, hi):
+        return scan_chain(costs, lo, hi, on_device, on_server, server_elsewhere)
+    algorithm = "augmenting_path" if blockwise and hi - lo < SMALL_SEGMENT else "preflow_push"
+    value, source_side = min_cut(cut_edges(costs, range(lo, hi + 1), on_device, on_server), algorithm)
+    device = sorted(v for v in source_side if lo <= v <= hi)
+    any_server = len(device) < hi - lo + 1
+    if any_server or server_elsewhere:
+        value += costs.rtt2
+    if any_server and not server_elsewhere and not any(lo <= v <= hi for v in on_server):
+        all_device = sum(costs.dev[lo : hi + 1])
+        if all_device <= value:
+            return all_device, list(range(lo, hi + 1))
+    return value, device
+
+
+def is_chain(costs: CostGraph, lo: int, hi: int) -> bool:
+    """Whether the nodes ``lo..hi`` form a path ``lo -> lo+1 -> ... -> hi`` with no other edge inside or out."""
+    inputs, consumers = costs.inputs, costs.consumers
+    return all(inputs[v] == (v - 1,) for v in range(lo + 1, hi + 1)) and all(
+        len(consumers[v]) == 1 and consumers[v][0] == v + 1 for v in range(lo, hi)
+    )
+
+
+def scan_chain(
+    costs: CostGraph, lo: int, hi: int, on_device: set[int], on_server: set[int], server_elsewhere: bool
+) -> tuple[int, list[int]]:
+    """Exact optimum of a chain ``lo -> lo+1 -> ... -> hi`` by trying every split (``D = lo..j``)."""
+    first = max((v for v in on_device if lo <= v <= hi), default=lo - 1)
+    last = min((v for v in on_server if lo <= v <= hi), default=hi + 1) - 1
+    dev, srv, xfer, rtt2 = costs.dev, costs.srv, costs.xfer, costs.rtt2
+    running = sum(dev[lo : first + 1]) + sum(srv[first + 1 : hi + 1])
+    best_value, best_j = -1, first
+    for j in range(first, last + 1):
+        if j > first:
+            running += dev[j] - srv[j]
+        value = running
+        if lo <= j < hi:
+            value += xfer[j]
+        if j < hi or server_elsewhere:
+            value += rtt2
+        if best_value < 0 or value < best_value:
+            best_value, best_j = value, j
+    return best_value, list(range(lo, best_j + 1))
