@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lightning_split.graph import metadata
+
 __all__ = [
     "Coupling",
     "PerSample",
@@ -447,13 +449,13 @@ class _Analysis:
 
     def _index_rule(self, node: fx.Node) -> str | None:
         source, index = node.args[0], node.args[1]
-        meta = self.out_meta.get(source.name) if isinstance(source, fx.Node) else None
-        if not (isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor"):
+        meta = metadata.decode(self.out_meta.get(source.name)) if isinstance(source, fx.Node) else None
+        if not isinstance(meta, metadata.TensorMeta):
             return None  # an element of a tuple or list of batch-first values
         first = index[0] if isinstance(index, tuple) and index else index
         if first is Ellipsis:
             rest = [i for i in index[1:] if i is not None] if isinstance(index, tuple) else []
-            rank = len(meta[1])
+            rank = len(meta.shape)
             return None if len(rest) < rank else "indexes the batch dimension"
         if isinstance(first, slice) and first == slice(None, None, None):
             return None
@@ -491,16 +493,8 @@ def _nodes_in(value: Any) -> list[fx.Node]:
 
 
 def _tensor_shapes(meta: Any) -> list[tuple[int, ...]]:
-    """The shapes of the tensor leaves of an ``out_meta`` structure (``("tensor", shape, dtype)`` leaves)."""
-    if isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor":
-        return [tuple(meta[1])]
-    if isinstance(meta, tuple) and len(meta) == 2 and meta[0] == "value":
-        return []
-    if isinstance(meta, dict):
-        meta = list(meta.values())
-    if isinstance(meta, list | tuple):
-        return [shape for item in meta for shape in _tensor_shapes(item)]
-    return []
+    """The shapes of the tensor leaves of an ``out_meta`` structure."""
+    return [leaf.shape for leaf in metadata.tensors(meta)] if meta is not None else []
 
 
 def _where(gm: fx.GraphModule, node: fx.Node) -> str:

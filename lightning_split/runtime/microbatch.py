@@ -32,10 +32,46 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lightning_split.graph import metadata
+from lightning_split.graph.persample import Coupling, mode_dependent_active
+
 if TYPE_CHECKING:
     from lightning_split.runtime.device import SplitRuntime
 
-__all__ = ["MicroBatcher", "split_batch"]
+__all__ = ["MicroBatcher", "MicroBatching", "refusal", "split_batch"]
+
+
+@dataclass(frozen=True)
+class MicroBatching:
+    """How a runtime cuts its forward calls into micro-batches.
+
+    Attributes:
+        micro_batches: M; 1 (or a batch of one sample) runs one request per forward, as without it.
+        batch_values: names of the traced nodes whose values follow the batch (they are cut and
+            concatenated); every other returned value is the same for any batch.
+        out_meta: each traced node's ``out_meta``, by name (the server outputs' shapes come from it).
+        watch: mode-dependent couplings (BatchNorm, dropout) checked at every training forward:
+            in training mode they would make micro-batches differ from the batch.
+    """
+
+    micro_batches: int
+    batch_values: frozenset[str] = frozenset()
+    out_meta: Mapping[str, Any] = field(default_factory=dict)
+    watch: tuple[Coupling, ...] = ()
+
+
+def refusal(couplings: Sequence[Coupling], micro_batches: int, when: str = "") -> str:
+    """The error for a model that micro-batching would change: what, where, and the fixes."""
+    parts = "\n".join(f"  - {coupling.describe()}" for coupling in couplings)
+    return (
+        f"micro_batches={micro_batches} cuts every batch into micro-batches, which equals training on the whole "
+        f"batch only if every layer treats the samples independently; these parts of the model do not"
+        f"{' (' + when + ')' if when else ''}:\n{parts}\n"
+        "Fixes: micro_batches=1 (no pipelining); per-sample layers instead (GroupNorm or LayerNorm for BatchNorm, "
+        "dropout only with p=0 or in eval mode); or SplitStrategy(micro_batch_statistics=True) to let each "
+        "micro-batch have its own batch statistics and random stream, as GPipe does (training then differs from "
+        "training on whole batches)."
+    )
 
 
 def split_batch(args: Sequence[Any], micro_batches: int) -> list[tuple[Any, ...]]:
@@ -94,7 +130,7 @@ class _PipelinedSuffix(torch.autograd.Function):
         piece: _Piece = ctx.piece
         if piece.backward_reply is None:  # _Gather sent nothing: no gradient reached this micro-batch
             return (None, None, None, None, *(None for _ in ctx.tensor_slots), None)
-        cut_grads = ctx.runtime._backward_result(piece.call, piece.backward_reply.result())
+        cut_grads = ctx.runtime._backward_result(piece.backward_reply.result())
         piece.backward_reply = None
         return (None, None, None, None, *(cut_grads[slot] for slot in ctx.tensor_slots), None)
 
@@ -132,29 +168,22 @@ class MicroBatcher:
 
     Args:
         runtime: the split runtime whose device program, server session and bookkeeping it uses.
-        micro_batches: M >= 2.
-        batch_values: names of the traced nodes whose values are computed from the batch (they
-            are concatenated); every other returned value is the same in every micro-batch and
-            is taken from the first.
-        server_meta: ``out_meta`` of each server output, by name (``("tensor", shape, dtype)``).
+        config: M (at least 2), which values follow the batch, the traced shapes.
     """
 
-    def __init__(
-        self,
-        runtime: SplitRuntime,
-        micro_batches: int,
-        batch_values: Iterable[str],
-        server_meta: Mapping[str, Any],
-    ) -> None:
-        if micro_batches < 2:
-            raise ValueError(f"a MicroBatcher needs micro_batches >= 2, got {micro_batches}")
+    def __init__(self, runtime: SplitRuntime, config: MicroBatching) -> None:
+        if config.micro_batches < 2:
+            raise ValueError(f"a MicroBatcher needs micro_batches >= 2, got {config.micro_batches}")
         self.runtime = runtime
-        self.micro_batches = micro_batches
-        self.batch_values = frozenset(batch_values)
-        self.server_meta = dict(server_meta)
-        self.tensor_outputs = [
-            name for name in runtime.spec.server_outputs if _is_tensor_meta(self.server_meta.get(name))
-        ]
+        self.config = config
+        self.micro_batches = config.micro_batches
+        self.batch_values = config.batch_values
+        self.server_meta = {name: config.out_meta.get(name) for name in runtime.spec.server_outputs}
+        self.tensor_outputs = [name for name, meta in self.server_meta.items() if _is_tensor_meta(meta)]
+
+    def coupled_now(self) -> list[Coupling]:
+        """The watched modules that are in training mode (micro-batches would then differ from the batch)."""
+        return mode_dependent_active(self.config.watch) if self.config.watch else []
 
     def forward(self, graph_args: Sequence[Any]) -> dict[str, Any] | None:
         """Named values (device and server) of the whole batch, or ``None`` when it is one micro-batch."""
@@ -184,11 +213,11 @@ class MicroBatcher:
         return {**self._join_device(device_values), **self._join_server(pieces, grad)}
 
     def _shape(self, name: str, size: int) -> tuple[tuple[int, ...], torch.dtype]:
-        _, shape, dtype = self.server_meta[name]
-        shape = tuple(shape)
+        meta = metadata.decode(self.server_meta[name])
+        shape = meta.shape
         if name in self.batch_values and shape:
             shape = (size, *shape[1:])
-        return shape, getattr(torch, str(dtype).removeprefix("torch."))
+        return shape, getattr(torch, meta.dtype.removeprefix("torch."))
 
     def _receive(self, piece: _Piece, device: torch.device) -> None:
         """Wait for a micro-batch's forward reply; fill its placeholders from it."""
@@ -240,7 +269,7 @@ class MicroBatcher:
 
 
 def _is_tensor_meta(meta: Any) -> bool:
-    return isinstance(meta, tuple) and len(meta) == 3 and meta[0] == "tensor"
+    return isinstance(metadata.decode(meta), metadata.TensorMeta)
 
 
 def _chunk_size(chunk: Sequence[Any]) -> int:
@@ -249,3 +278,73 @@ def _chunk_size(chunk: Sequence[Any]) -> int:
 
 def _first_device(values: Iterable[Any]) -> torch.device:
     return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- setting up
+
+
+MAX_MICRO_BATCHES = 16
+
+
+def check_micro_batches(value: Any) -> int | str:
+    """``value`` if it is a valid ``micro_batches`` (an int from 1 to 16, or ``"auto"``), else ValueError."""
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MICRO_BATCHES:
+        raise ValueError(f"micro_batches must be an integer from 1 to {MAX_MICRO_BATCHES} or 'auto', got {value!r}")
+    return value
+
+
+def micro_batching_for(traced: Any, micro_batches: int | str, statistics: bool = False) -> MicroBatching:
+    """Check a traced model for ``micro_batches`` and describe how to cut its batches.
+
+    A model that is not provably per-sample (:mod:`lightning_split.graph.persample`) gets
+    ``micro_batches=1`` for ``"auto"``, and is refused for an explicit M > 1 unless
+    ``statistics`` allows each micro-batch its own statistics. ``"auto"`` returns the largest M;
+    :func:`choose_micro_batches` picks the one the cost model prefers.
+
+    Raises:
+        SplitConfigError: the model would train differently on micro-batches (names the
+            modules and the fixes), or returns a value computed from the batch that does
+            not keep the batch as its first dimension (it cannot be concatenated).
+    """
+    from lightning_split.graph.persample import analyse_traced
+    from lightning_split.runtime.device import SplitConfigError
+
+    if micro_batches == 1:
+        return MicroBatching(1)
+    analysis = analyse_traced(traced)
+    if micro_batches == "auto" and analysis.couplings and not statistics:
+        return MicroBatching(1)
+    limit = MAX_MICRO_BATCHES if micro_batches == "auto" else int(micro_batches)
+    active = mode_dependent_active(analysis.couplings)
+    if active and not statistics:
+        raise SplitConfigError(refusal(active, limit))
+    out_meta = {node.name: node.out_meta for node in traced.nodes}
+    for name in traced.outputs:
+        shapes = [leaf.shape for leaf in metadata.tensors(out_meta.get(name))]
+        if name in analysis.batch_values and any(not shape or shape[0] != traced.batch_size for shape in shapes):
+            raise SplitConfigError(
+                f"micro_batches={limit}: the model returns {name!r} ({metadata.text(out_meta.get(name))}), computed "
+                "from the batch without the batch as its first dimension, so the micro-batches' values cannot be "
+                "concatenated; use micro_batches=1"
+            )
+    watch = () if statistics else tuple(c for c in analysis.couplings if c.module is not None)
+    return MicroBatching(limit, analysis.batch_values, out_meta, watch)
+
+
+def choose_micro_batches(profile: Any, server_nodes: Iterable[str], most: int = MAX_MICRO_BATCHES) -> tuple[int, float]:
+    """(M, T_M): the number of micro-batches from 1 to ``most`` of least predicted step time for a placement.
+
+    ``T_M`` is the pipelined step time of the cost model (``docs/cost-model.md``),
+    :func:`lightning_split.planning.pipelined.pipelined_step_time`; ties go to the smaller M.
+    """
+    from lightning_split.planning.pipelined import pipelined_step_time
+
+    server = set(server_nodes)
+    device = [node.name for node in profile.nodes if node.name not in server]
+    if not server:
+        return 1, pipelined_step_time(profile, device, 1).total
+    times = {m: pipelined_step_time(profile, device, m).total for m in range(1, most + 1)}
+    best = min(times, key=lambda m: (times[m], m))
+    return best, times[best]

@@ -38,11 +38,9 @@ __all__ = ["InFlight", "Reply"]
 class Reply:
     """The pending reply to one submitted request."""
 
-    def __init__(self, channel: InFlight, seq: int, data: bytes, skip: int, emulator: Any) -> None:
+    def __init__(self, channel: InFlight, sent: protocol.Sent, emulator: Any) -> None:
         self.channel = channel
-        self.seq = seq
-        self.data = data
-        self.skip = skip
+        self.sent = sent
         self.emulator = emulator
         self._done = threading.Event()
         self._reply: bytes | None = None
@@ -78,7 +76,7 @@ class Reply:
         remote = self.channel.remote
         remote.traffic.bytes_down += len(self._reply)
         reply, self._reply = self._reply, None
-        return remote.protocol.receive(reply, self.seq, self.skip)
+        return remote.protocol.receive(reply, self.sent)
 
 
 class InFlight:
@@ -102,12 +100,12 @@ class InFlight:
         with remote._lock:
             if remote._socket is None:
                 remote.connect()
-            seq, data, skip = remote.protocol.request(ops)
+            sent = remote.protocol.request(ops)
             emulator = remote.emulator
-            reply = Reply(self, seq, data, skip, emulator)
-            ready = emulator.uplink_arrival(len(data)) if emulator is not None else 0.0
+            reply = Reply(self, sent, emulator)
+            ready = emulator.uplink_arrival(len(sent.data)) if emulator is not None else 0.0
             remote.traffic.requests += 1
-            remote.traffic.bytes_up += len(data)
+            remote.traffic.bytes_up += len(sent.data)
         with self._lock:
             if not self._waiting:
                 self._busy_since = time.perf_counter()
@@ -148,7 +146,7 @@ class InFlight:
                 socket = self.remote._socket
                 if socket is None:
                     raise ConnectionError("the connection was closed")
-                socket.send(reply.data)
+                socket.send(reply.sent.data)
             except (ConnectionClosed, OSError) as exc:
                 self._fail_all(exc)
             finally:
@@ -223,15 +221,15 @@ class InFlight:
             if first._error is None:  # recovered with an earlier request
                 return
             with self._idle:
-                failed, self._failed = sorted(self._failed, key=lambda r: r.seq), []
+                failed, self._failed = sorted(self._failed, key=lambda r: r.sent.seq), []
             error = first._error
             if isinstance(error, (protocol.ProtocolError, ConnectionFailed)):
                 raise error
             try:
-                head, *rest = [reply for reply in failed if reply.seq >= first.seq] or [first]
-                head.deliver(remote._recover(head.seq, head.data, True, error), time.perf_counter())
+                head, *rest = [reply for reply in failed if reply.sent.seq >= first.sent.seq] or [first]
+                head.deliver(remote._recover(head.sent, error), time.perf_counter())
                 for reply in rest:
-                    reply.deliver(remote._exchange(reply.data), time.perf_counter())
+                    reply.deliver(remote._exchange(reply.sent.data), time.perf_counter())
             except (ConnectionClosed, OSError, protocol.RemoteError) as exc:
                 for reply in failed:
                     reply._error = exc if reply._reply is None else None
