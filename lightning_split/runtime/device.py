@@ -30,16 +30,15 @@ from lightning_split.graph.programs import (
     device_program,
     used_state,
 )
+from lightning_split.runtime.errors import SplitConfigError
 from lightning_split.runtime.microbatch import MicroBatcher, MicroBatching, refusal
 from lightning_split.transport import messages
 from lightning_split.transport.client import RemoteServer, Traffic
 from lightning_split.transport.optimizers import describe_optimizer, is_mirrorable, wire_hyperparameters
 
+__all__ = ["SplitConfigError", "SplitRuntime"]
+
 log = logging.getLogger("lightning_split")
-
-
-class SplitConfigError(ValueError):
-    """The model or its training setup cannot be split as asked; the message says how to fix it."""
 
 
 class _Call:

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from lightning_split.graph import metadata
-from lightning_split.graph.persample import Coupling, mode_dependent_active
+from lightning_split.graph.persample import Coupling, analyse_traced, mode_dependent_active
+from lightning_split.planning.pipelined import pipelined_step_time
+from lightning_split.runtime.errors import SplitConfigError
 
-if TYPE_CHECKING:
-    from lightning_split.runtime.device import SplitRuntime
-
+SplitRuntime = Any  # lightning_split.runtime.device.SplitRuntime, which imports this module
 __all__ = ["MicroBatcher", "MicroBatching", "refusal", "split_batch"]
 
 
@@ -308,9 +308,6 @@ def micro_batching_for(traced: Any, micro_batches: int | str, statistics: bool =
             modules and the fixes), or returns a value computed from the batch that does
             not keep the batch as its first dimension (it cannot be concatenated).
     """
-    from lightning_split.graph.persample import analyse_traced
-    from lightning_split.runtime.device import SplitConfigError
-
     if micro_batches == 1:
         return MicroBatching(1)
     analysis = analyse_traced(traced)
@@ -339,8 +336,6 @@ def choose_micro_batches(profile: Any, server_nodes: Iterable[str], most: int = 
     ``T_M`` is the pipelined step time of the cost model (``docs/cost-model.md``),
     :func:`lightning_split.planning.pipelined.pipelined_step_time`; ties go to the smaller M.
     """
-    from lightning_split.planning.pipelined import pipelined_step_time
-
     server = set(server_nodes)
     device = [node.name for node in profile.nodes if node.name not in server]
     if not server:

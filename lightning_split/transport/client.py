@@ -28,16 +28,13 @@ from websockets.sync.client import ClientConnection, connect
 from lightning_split.planning.profile import Link
 from lightning_split.transport import messages, protocol, wire
 from lightning_split.transport.emulator import LinkEmulator
+from lightning_split.transport.errors import ConnectionFailed
 from lightning_split.transport.inflight import InFlight, Reply
 
 __all__ = ["TOKEN_ENV", "ConnectionFailed", "LinkEmulator", "RemoteServer", "Reply", "Traffic"]
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 log = logging.getLogger("lightning_split.transport.client")
-
-
-class ConnectionFailed(ConnectionError):
-    """The server could not be reached or refused the handshake; says which and what to do."""
 
 
 class _Unreachable(ConnectionFailed):

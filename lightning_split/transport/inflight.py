@@ -23,14 +23,12 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
 from lightning_split.transport import protocol
-
-if TYPE_CHECKING:
-    from lightning_split.transport.client import RemoteServer
+from lightning_split.transport.errors import ConnectionFailed
 
 __all__ = ["InFlight", "Reply"]
 
@@ -82,7 +80,7 @@ class Reply:
 class InFlight:
     """Pipelined requests on one :class:`~lightning_split.transport.client.RemoteServer` connection."""
 
-    def __init__(self, remote: RemoteServer) -> None:
+    def __init__(self, remote: Any) -> None:  # a RemoteServer (which imports this module)
         self.remote = remote
         self._lock = threading.Lock()
         self._waiting: deque[Reply] = deque()  # sent or queued, reply not yet received, in order
@@ -172,8 +170,6 @@ class InFlight:
                     raise ConnectionError("the connection was closed")
                 data = socket.recv(timeout=remote.timeout)
             except TimeoutError:
-                from lightning_split.transport.client import ConnectionFailed
-
                 self._fail_all(
                     ConnectionFailed(f"the server at {remote.url} did not answer within {remote.timeout:g} s")
                 )
@@ -213,8 +209,6 @@ class InFlight:
         ran none of the failed requests, or only the first; otherwise
         :class:`~lightning_split.transport.client.ConnectionFailed` says so.
         """
-        from lightning_split.transport.client import ConnectionFailed
-
         self.drain()
         remote = self.remote
         with remote._lock:
