@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_split.planning.profile import DEFAULT_LINK
+from lightning_split.planning.units import mbit_per_s
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 logger = logging.getLogger("lightning_split.cli")
@@ -160,7 +161,7 @@ _MODEL_ONLY = (
     ("rtt_ms", "--rtt-ms"),
     ("out", "--out"),
 )
-_DEFAULT_UPLINK_MBPS = DEFAULT_LINK.uplink_bytes_per_s * 8 / 1e6
+_DEFAULT_UPLINK_MBPS = mbit_per_s(DEFAULT_LINK.uplink_bytes_per_s)
 _DEFAULT_RTT_MS = DEFAULT_LINK.rtt_s * 1e3
 
 
@@ -186,6 +187,11 @@ def _add_plan_parser(commands: Any) -> None:
         metavar="FILE.png|FILE.svg",
         help="also draw the placed graph and the step time against bandwidth into this file (needs matplotlib)",
     )
+    shape = plan.add_argument_group("pipelining, codecs and constraints (docs/cost-model.md)")
+    shape.add_argument("--micro-batches", default="1", metavar="M|auto", help="micro-batches per step (default: 1)")
+    shape.add_argument("--codec", choices=("none", "fp16", "bf16", "int8"), default="none", help="codec on the wire")
+    shape.add_argument("--no-private-inputs", action="store_true", help="let raw inputs cross to the server")
+    shape.add_argument("--device-memory", type=int, metavar="BYTES", help="device training memory budget")
     model = plan.add_argument_group("estimating a profile from a model (instead of PROFILE.json)")
     model.add_argument(
         "--model", metavar="pkg.module:Class", help="the model class, as pkg.module:Class (imported and traced here)"
@@ -226,7 +232,8 @@ def _add_plan_parser(commands: Any) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from lightning_split.planning.planner import PlanningError, baselines, plan
+    from lightning_split.planning.constrained import plan_with_options
+    from lightning_split.planning.planner import PlanningError
     from lightning_split.report import render_plan
 
     if args.profile and args.model:
@@ -243,18 +250,34 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         raise CommandError("give a profile file (plan PROFILE.json) or a model (plan --model pkg.module:Class ...)")
 
+    micro_batches = _micro_batches(args.micro_batches)
     try:
-        result = plan(profile, args.method)
-        against = baselines(profile)
+        outcome = plan_with_options(
+            profile,
+            args.method,
+            micro_batches,
+            args.codec,
+            private_inputs=not args.no_private_inputs,
+            device_memory=args.device_memory,
+        )
     except PlanningError as exc:
         raise CommandError(_one_line(str(exc))) from exc
+    for warning in outcome.warnings:
+        print(warning, file=sys.stderr)
+    result, against = outcome.plan, outcome.baselines
     if args.plot:
         _plot(profile, result, against, title, args.plot)
     if args.json:
-        print(json.dumps(result.to_json(against)))
+        print(json.dumps(outcome.to_json()))
     else:
         print(render_plan(profile, result, against, title=title))
     return 0
+
+
+def _micro_batches(text: str) -> int | str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise CommandError(f"--micro-batches {text}: give a positive integer or 'auto'")
+    return text if text == "auto" else int(text)
 
 
 def _plot(profile: Any, result: Any, against: dict[str, float], title: str, path: str) -> None:
@@ -561,11 +584,7 @@ def _profile_server(
     try:
         probe = typical_payload_bytes(traced)
         link = measure_link(remote, probe, probe)
-        print(
-            f"link to {args.server}: rtt {link.rtt_s * 1e3:.2f} ms, up {link.uplink_bytes_per_s * 8e-6:.1f} Mbit/s, "
-            f"down {link.downlink_bytes_per_s * 8e-6:.1f} Mbit/s",
-            file=sys.stderr,
-        )
+        print(f"link to {args.server}: {link.describe()}", file=sys.stderr)
         server = profiler.server_costs(remote, traced, model_fields(args.model, init_args, traced, inputs, {}))
     except (ConnectionFailed, RemoteError) as exc:
         raise CommandError(_one_line(str(exc))) from exc

@@ -204,6 +204,7 @@ class Profiler:
         return messages.Profile(
             **{name: fields[name] for name in ("model", "init_args", "fingerprint", "leaf_modules", "example")},
             graph=fields.get("graph", []),
+            capture=fields.get("capture", "fx"),
             warmup=self.warmup,
             repeats=self.repeats,
             optimizers=[dict(optimizer) for optimizer in optimizers],

@@ -2,8 +2,9 @@
 
 A device never sends code or data. It names the model (``pkg.module:Class`` and its
 constructor arguments) and describes its trace: the graph's fingerprint, a per-node summary
-(to say where two traces differ), the leaf modules it was traced with, and the shapes and
-dtypes of the batch (:func:`example_of`). The server instantiates its own copy, traces it on
+(to say where two traces differ), the leaf modules it was traced with, how it was
+captured (torch.fx or torch.export), and the shapes and dtypes of the batch
+(:func:`example_of`). The server instantiates its own copy, traces it on
 zero tensors of those shapes and compares fingerprints. The ``hello`` op (which adds the
 placement, the optimizers and the suffix's state) and the ``profile`` op both carry these
 fields; :class:`ModelDescription` is their one owner.
@@ -37,6 +38,8 @@ class ModelDescription:
         graph: ``(name, op, target)`` per node (:func:`~lightning_split.graph.programs.graph_summary`).
         leaf_modules: the module paths traced as single nodes.
         example: the batch's skeleton (:func:`example_of`).
+        capture: ``"fx"`` or ``"export"``, :attr:`TracedModel.method`: the server captures its
+            copy the same way, so both sides get the same graph.
     """
 
     model: str
@@ -45,6 +48,7 @@ class ModelDescription:
     graph: tuple[tuple[str, ...], ...]
     leaf_modules: tuple[str, ...]
     example: Mapping[str, Any]
+    capture: str = "fx"
 
     @classmethod
     def of(
@@ -58,11 +62,12 @@ class ModelDescription:
             graph=tuple(tuple(row) for row in graph_summary(traced.graph_module)),
             leaf_modules=tuple(traced.leaf_modules),
             example=dict(example),
+            capture=traced.method,
         )
 
     @classmethod
     def from_wire(cls, fields: Mapping[str, Any]) -> ModelDescription:
-        """A description from the fields :meth:`to_wire` makes (``graph`` and ``leaf_modules`` may be absent)."""
+        """A description from the fields :meth:`to_wire` makes (``graph``, ``leaf_modules``, ``capture`` optional)."""
         return cls(
             model=str(fields["model"]),
             init_args=dict(fields["init_args"]),
@@ -70,12 +75,13 @@ class ModelDescription:
             graph=tuple(tuple(str(part) for part in row) for row in fields.get("graph", [])),
             leaf_modules=tuple(str(path) for path in fields.get("leaf_modules", ())),
             example=dict(fields["example"]),
+            capture=str(fields.get("capture", "fx")),
         )
 
     def to_wire(self) -> dict[str, Any]:
         """The description as the ``hello`` and ``profile`` ops carry it (fresh containers, safe to extend).
 
-        Keys: ``model``, ``init_args``, ``fingerprint``, ``graph``, ``leaf_modules``, ``example``.
+        Keys: ``model``, ``init_args``, ``fingerprint``, ``graph``, ``leaf_modules``, ``example``, ``capture``.
         """
         return {
             "model": self.model,
@@ -84,4 +90,5 @@ class ModelDescription:
             "graph": [list(row) for row in self.graph],
             "leaf_modules": list(self.leaf_modules),
             "example": dict(self.example),
+            "capture": self.capture,
         }

@@ -19,8 +19,9 @@ from torch import fx, nn
 
 from lightning_split.graph.arguments import assign
 from lightning_split.graph.errors import TraceError, one_line
+from lightning_split.graph.structure import OutputStructure, flatten_output
 
-__all__ = ["SplitTracer", "leaf_paths_of", "split_leaf_spec", "trace_with_auto_leaves"]
+__all__ = ["SplitTracer", "leaf_paths_of", "split_leaf_spec", "trace_with_auto_leaves", "warn_auto_leaves"]
 
 
 class SplitTracer(fx.Tracer):
@@ -38,11 +39,15 @@ class SplitTracer(fx.Tracer):
         slots: list[tuple[str, Any]],
     ) -> None:
         super().__init__()
+        # buffers read as attributes become get_attr proxies, so that an update in traced code
+        # (timm's ``self.num_batches_tracked.add_(1)``) is a node, not a side effect of tracing
+        self.proxy_buffer_attributes = True
         self.leaf_paths = leaf_paths
         self.leaf_types = leaf_types
         self.bound = bound
         self.slots = slots
         self.failure: tuple[str, type, BaseException] | None = None
+        self.structure: OutputStructure | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_paths or (self.leaf_types and isinstance(m, self.leaf_types)):
@@ -72,7 +77,11 @@ class SplitTracer(fx.Tracer):
         root = self.root
 
         def traced_forward():  # unannotated: fx would copy a return annotation into the generated code
-            return root_fn(root, *call.args, **call.kwargs)
+            result = root_fn(root, *call.args, **call.kwargs)
+            leaves, self.structure = flatten_output(result)
+            # fx keeps tuples, lists, dicts and namedtuples; anything else (a dataclass, a ModelOutput)
+            # is returned as its leaves and rebuilt from the recorded structure
+            return result if self.structure.is_plain() else tuple(leaves)
 
         return traced_forward, []
 
@@ -87,7 +96,7 @@ def trace_with_auto_leaves(
     """Trace ``module``, making each untraceable submodule a leaf until the trace succeeds.
 
     Returns the tracer that succeeded, its graph, and path -> reason for the automatic
-    leaves (warned about, naming the caller of :func:`~lightning_split.graph.capture.trace_module`).
+    leaves (:func:`warn_auto_leaves` tells the user about them, when this trace is the one used).
 
     Raises:
         TraceError: the root ``forward`` is not traceable, or a submodule fails even as a leaf.
@@ -118,14 +127,18 @@ def trace_with_auto_leaves(
     else:  # pragma: no cover - each round adds a new leaf, so this bound is never reached
         raise TraceError(f"could not trace {cls_name}: gave up after making {list(auto_leaves)} leaves")
 
+    return tracer, graph, auto_leaves
+
+
+def warn_auto_leaves(cls_name: str, auto_leaves: dict[str, str], how: str = "fx-traceable") -> None:
+    """Warn, naming the caller of :func:`~lightning_split.graph.capture.trace_module`, which submodules run whole."""
     if auto_leaves:
         listed = "; ".join(f"{path} ({_first_sentence(reason)})" for path, reason in auto_leaves.items())
         warnings.warn(
-            f"lightning_split: {len(auto_leaves)} submodule(s) of {cls_name} are not fx-traceable and "
+            f"lightning_split: {len(auto_leaves)} submodule(s) of {cls_name} are not {how} and "
             f"run as opaque leaves: {listed}. Pass leaf_modules=[...] to choose leaves yourself.",
             stacklevel=3,
         )
-    return tracer, graph, auto_leaves
 
 
 def split_leaf_spec(module: nn.Module, leaf_modules: Iterable[str | type]) -> tuple[set[str], tuple[type, ...]]:

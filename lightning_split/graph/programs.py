@@ -27,7 +27,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from lightning_split.graph.exporting import CONSTANTS
 from lightning_split.graph.nodes import COST_OPS, node_module_path
+from lightning_split.graph.readers import with_metadata_nodes
+from lightning_split.graph.structure import RETURNED
 
 
 class SplitError(ValueError):
@@ -173,10 +176,11 @@ def device_spec_from_cut(gm: fx.GraphModule, cut_names: Iterable[str]) -> SplitS
         if not matches:
             matches = _module_matches(nodes, name)
         if not matches:
-            known = sorted({str(n.target) for n in nodes if n.op == "call_module"})
+            known = sorted({path for n in nodes if (path := node_module_path(n))})
             raise SplitError(
-                f"cut point {name!r} is neither an fx node nor a module path of the traced model; "
-                f"module paths include: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}"
+                f"cut point {name!r} is neither a node nor a module path of the traced model (a module that runs "
+                f"whole has no inner paths); module paths include: {', '.join(known[:12])}"
+                f"{' ...' if len(known) > 12 else ''}"
             )
         selected.extend(matches)
     device: set[str] = {n.name for n in nodes if n.op == "placeholder"}
@@ -187,6 +191,7 @@ def device_spec_from_cut(gm: fx.GraphModule, cut_names: Iterable[str]) -> SplitS
             continue
         device.add(node.name)
         stack.extend(n for n in _cost_inputs(node) if n.name not in device)
+    device = with_metadata_nodes(gm, device)  # shapes are read where the tensor is, and sent as values
     return make_spec(gm, [n.name for n in nodes if n.name not in device])
 
 
@@ -260,7 +265,15 @@ def server_program(gm: fx.GraphModule, spec: SplitSpec) -> fx.GraphModule:
 
 
 def assemble_output(gm: fx.GraphModule, values: Mapping[str, Any]) -> Any:
-    """Rebuild the model's return value from named node values (device and server)."""
+    """Rebuild the model's return value from named node values (device and server).
+
+    A captured graph (:func:`~lightning_split.graph.capture.trace_module`) knows the type and
+    structure ``forward`` returned, which is rebuilt exactly (a ``ModelOutput`` stays one);
+    any other graph returns its output node's structure.
+    """
+    returned = gm.meta.get(RETURNED)
+    if returned is not None:
+        return returned.rebuild(values, gm)
 
     def lookup(node: fx.Node) -> Any:
         if node.op == "get_attr":
@@ -275,7 +288,9 @@ def used_state(gm: fx.GraphModule, node_names: Iterable[str]) -> dict[str, torch
     """Parameters and buffers the named nodes use, by state_dict-style key.
 
     A parameter tied under several names is listed under each name that is reachable
-    from these nodes' modules and attributes.
+    from these nodes' modules and attributes. The tensor constants of an export (under
+    :data:`~lightning_split.graph.exporting.CONSTANTS`) are part of the program on both sides,
+    not state.
     """
     names = set(node_names)
     used: dict[str, torch.Tensor] = {}
@@ -286,7 +301,7 @@ def used_state(gm: fx.GraphModule, node_names: Iterable[str]) -> dict[str, torch
             module = gm.get_submodule(str(node.target))
             used.update(_module_state(module, str(node.target)))
         for source in node.all_input_nodes:
-            if source.op == "get_attr":
+            if source.op == "get_attr" and not str(source.target).startswith(CONSTANTS + "."):
                 value = operator.attrgetter(str(source.target))(gm)
                 if isinstance(value, torch.Tensor):
                     used[str(source.target)] = value

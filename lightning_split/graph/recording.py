@@ -94,6 +94,8 @@ def _is_in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
         name = str(node.target)
         return name.endswith("_") and not name.startswith("__")
     if node.op == "call_function":
+        if isinstance(node.target, torch._ops.OpOverload):  # ATen ops of an export: ``aten.silu_.default``
+            return node.target.overloadpacket.__name__.endswith("_") and node.target._schema.is_mutable
         name = getattr(node.target, "__name__", "")
         if name.endswith("_") and not name.startswith("__"):
             return True

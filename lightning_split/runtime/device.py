@@ -121,6 +121,8 @@ class SplitRuntime:
             self.key_of.setdefault(id(tensor), key)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.rng_sync = False
+        self._rng_returned: torch.Tensor | None = None  # the random state the server last handed back
+        self.setup_traffic = Traffic()  # the connection's traffic when the session was open (weights, probes)
         self.opened = False
         self._ids = itertools.count()
         self._pending: set[int] = set()
@@ -160,6 +162,7 @@ class SplitRuntime:
         self._move_optimizer_state_to_server()
         if self.release_server_state:
             self.release()
+        self.setup_traffic = self.remote.traffic.snapshot()
 
     def close(self, end_connection: bool = True) -> None:
         """Bring the suffix's state home and end the session (and the connection, unless told to keep it)."""
@@ -313,20 +316,27 @@ class SplitRuntime:
             self.remote.defer(messages.Release(ids=ids))
 
     def _forward_op(self, call: _Call, values: list[Any], grad: bool, rng: bool = True) -> messages.Forward:
-        """The ``forward`` op of ``call`` (with the random state when the sides share it and ``rng``)."""
+        """The ``forward`` op of ``call`` (with the random state when the sides share it and ``rng``).
+
+        The state is not sent again when it is the one the server's last forward returned.
+        """
+        state = torch.get_rng_state() if self.rng_sync and rng else None
+        same = state is not None and self._rng_returned is not None and torch.equal(state, self._rng_returned)
         return messages.Forward(
             id=call.id,
             values=[v.detach() if isinstance(v, torch.Tensor) else v for v in values],
             requires_grad=[isinstance(v, torch.Tensor) and v.requires_grad for v in values],
             training=self.module.training,
             grad=grad,
-            rng=torch.get_rng_state() if self.rng_sync and rng else None,
+            rng=None if same else state,  # unchanged since the server returned it: the server has it
+            rng_same=same,
         )
 
     def _forward_result(self, result: messages.ForwardReply, device: torch.device) -> list[Any]:
         """The server outputs of a forward reply, on ``device``; the random stream continues from it."""
         if result.rng is not None:
             torch.set_rng_state(result.rng)
+            self._rng_returned = result.rng
         self._account(result)
         return [o.to(device) if isinstance(o, torch.Tensor) else o for o in result.outputs]
 

@@ -6,6 +6,9 @@
   ``split/bytes_up``, ``split/bytes_down``, ``split/remote_s`` (round trips),
   ``split/server_compute_s`` and ``split/wire_s`` (round trips less server compute), each
   averaged over the steps since the last log, logged every ``trainer.log_every_n_steps``.
+  What opening the session cost (the suffix's weights, profiling, link probes) is not in them:
+  the first log adds it once as ``split/setup_bytes_up``, ``split/setup_bytes_down`` and
+  ``split/setup_remote_s``.
 - Per live re-plan (:func:`replan_metrics`): ``split/replans`` (boundary moves so far),
   ``split/predicted_step_s`` and the measured link.
 
@@ -79,7 +82,8 @@ class TrafficLog:
         if self._steps < every and self._logged is not None:
             return
         now = runtime.stats.snapshot()
-        delta, steps = now.since(self._logged or Traffic()), self._steps
+        setup = getattr(runtime, "setup_traffic", None) or Traffic()
+        delta, steps = now.since(self._logged or setup), self._steps
         metrics = {
             "split/bytes_up": delta.bytes_up / steps,
             "split/bytes_down": delta.bytes_down / steps,
@@ -87,6 +91,10 @@ class TrafficLog:
             "split/server_compute_s": delta.server_compute_s / steps,
         }
         metrics["split/wire_s"] = max(0.0, metrics["split/remote_s"] - metrics["split/server_compute_s"])
+        if self._logged is None:
+            metrics["split/setup_bytes_up"] = float(setup.bytes_up)
+            metrics["split/setup_bytes_down"] = float(setup.bytes_down)
+            metrics["split/setup_remote_s"] = setup.round_trip_s
         self._logged, self._steps = now, 0
         self.last = metrics
         log_metrics(trainer, metrics)

@@ -154,6 +154,8 @@ class Placement:
             lines.append(
                 "  pinned to keep tied tensors on one side: " + ", ".join(f"{k}->{v}" for k, v in self.pins.items())
             )
+        if self.traced.method != "fx":
+            lines.append(f"  captured with torch.{self.traced.method} (fx cannot trace the whole model)")
         if self.traced.auto_leaves:
             lines.append("  untraceable submodules run whole: " + ", ".join(self.traced.auto_leaves))
         notes = {k: v for k, v in self.notes.items() if k != "link"}
@@ -168,6 +170,7 @@ class Placement:
             "split/cut": ",".join(self.spec.cut) or "(none)",
             "split/server_nodes": len(self.spec.server_nodes),
             "split/cut_bytes": sum(size for _, _, size in self.cut_rows()),
+            "split/capture": self.traced.method,
         }
         predicted = self.predicted_step_s()
         if predicted is not None:

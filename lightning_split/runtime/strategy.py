@@ -437,18 +437,30 @@ def _init_args(module: nn.Module) -> dict[str, Any]:
 
 
 def _embedded_factory(module: nn.Module) -> Any:
-    """The embedded server's model: a fresh instance from hparams, else a copy without the trainer."""
+    """The embedded server's model: a fresh instance from the init arguments, else the module as it is.
+
+    Without init arguments (no ``save_hyperparameters()``, no ``init_args=``) a fresh instance
+    would have the defaults, not what the module was built with; the embedded server shares
+    this process, so it takes a copy of the module itself (without the trainer), made at the
+    first call, before the device releases the server's weights.
+    """
     import copy
 
+    pristine: list[nn.Module] = []
+
     def factory(init_args: Any) -> nn.Module:
-        try:
-            return type(module)(**dict(init_args))
-        except TypeError:
+        if init_args:
+            try:
+                return type(module)(**dict(init_args))
+            except TypeError:
+                pass
+        if not pristine:
             skip = [getattr(module, "_trainer", None), module.__dict__.get("forward")]
             copied = copy.deepcopy(module, {id(obj): None for obj in skip if obj is not None})
             copied.__dict__.pop("forward", None)
             copied._trainer = None
-            return copied
+            pristine.append(copied)
+        return copy.deepcopy(pristine[0])
 
     return factory
 

@@ -109,14 +109,20 @@ class ModelHost:
             ) from exc
         try:
             example = materialize_skeleton(model.example)
-            traced = trace_module(instance, tuple(example["args"]), dict(example["kwargs"]), model.leaf_modules)
-        except (SplitError, TraceError, KeyError, TypeError) as exc:
+            traced = trace_module(
+                instance,
+                tuple(example["args"]),
+                dict(example["kwargs"]),
+                model.leaf_modules,
+                method=model.capture,  # the device's way, so both sides get the same graph
+            )
+        except (SplitError, TraceError, KeyError, TypeError, ValueError) as exc:
             raise SessionError(f"the server cannot trace its {self.name}: {exc}") from exc
         if traced.fingerprint() != model.fingerprint:
             raise SessionError(
                 f"the server's {self.name} traces to a different graph than the device's: "
                 f"{_first_difference(model.graph, graph_summary(traced.graph_module))}. "
-                "Are both sides running the same model version and init arguments?"
+                f"Are both sides running the same model version and init arguments? {self._init_hint(init_args)}"
             )
         return traced, example
 
@@ -133,6 +139,14 @@ class ModelHost:
         optimizers = [OptimizerSpec.from_json(o) for o in hello.optimizers]
         cut_meta = [traced.node(name).out_meta for name in spec.cut]
         return ServerSession(graph, spec, hello.state, optimizers, device=self.device, cut_meta=cut_meta)
+
+    def _init_hint(self, init_args: Mapping[str, Any]) -> str:
+        """How the server built its copy, and how a device passes the arguments its model was built with."""
+        return (
+            f"The server builds its copy as {self.name}(**init_args) with init_args={_short(dict(init_args))}: "
+            "a module built with other arguments must record them (self.save_hyperparameters() in its "
+            "__init__) or the device must pass them (SplitStrategy(init_args={...}))"
+        )
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -97,6 +97,7 @@ class ServerSession:
         self.pending: OrderedDict[int, tuple[list[Any], tuple[Any, ...]]] = OrderedDict()
         self.max_pending = max_pending
         self.compute_s = 0.0
+        self.last_rng: torch.Tensor | None = None  # the CPU random state the last synced forward ended in
 
     def _mirror(self, spec: OptimizerSpec) -> _Mirror:
         resolve_optimizer(spec.class_name)  # refuse a class that is not torch.optim even with no server params
@@ -129,13 +130,16 @@ class ServerSession:
         training: bool,
         grad: bool,
         rng_state: torch.Tensor | None = None,
+        rng_same: bool = False,
     ) -> tuple[list[Any], torch.Tensor | None]:
         """Run the suffix on the cut values; keep the graph for :meth:`backward` when ``grad``.
 
         Returns the server outputs (detached, on CPU) and, when ``rng_state`` was given, the
         CPU generator state after the suffix ran (so the device's random stream continues
-        exactly as in local training).
+        exactly as in local training). ``rng_same`` stands for the state the previous such
+        forward returned (the device drew no random numbers since; 5 KB not sent again).
         """
+        rng_state = self._random_state(rng_state, rng_same)
         if len(values) != len(self.spec.cut):
             raise SessionError(f"forward sent {len(values)} cut values, the plan has {len(self.spec.cut)}")
         if len(requires_grad) != len(values):
@@ -163,6 +167,8 @@ class ServerSession:
             with torch.set_grad_enabled(grad):
                 outputs = self.program(*program_inputs)
             rng_after = torch.get_rng_state() if rng_state is not None else None
+            if rng_after is not None:
+                self.last_rng = rng_after
         finally:
             if saved_rng is not None:
                 torch.set_rng_state(saved_rng)
@@ -172,6 +178,16 @@ class ServerSession:
                 self.pending.popitem(last=False)
         self.compute_s += time.perf_counter() - started
         return [_to_cpu(output) for output in outputs], rng_after
+
+    def _random_state(self, rng_state: torch.Tensor | None, rng_same: bool) -> torch.Tensor | None:
+        if not rng_same:
+            return rng_state
+        if rng_state is not None or self.last_rng is None:
+            raise SessionError(
+                "forward says its random state is the last one returned, but "
+                + ("sent one too" if rng_state is not None else "no forward has returned one in this session")
+            )
+        return self.last_rng
 
     def backward(self, step_id: int, grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """Backpropagate the output gradients; accumulate parameter grads; return the cut's grads."""
@@ -291,6 +307,7 @@ class ServerSession:
             "state": self.state_dict(),
             "grads": {key: _to_cpu(p.grad) for key, p in self.params.items() if p.grad is not None},
             "optimizers": [self.optimizer_state(i) for i in range(len(self.mirrors))],
+            "rng": self.last_rng,
         }
 
     def restore(self, snapshot: Mapping[str, Any]) -> None:
@@ -304,12 +321,13 @@ class ServerSession:
                     param.grad = grads[key].to(param.device).clone() if key in grads else None
             for index, states in enumerate(optimizers):
                 self.load_optimizer_state(index, states)
+            self.last_rng = snapshot.get("rng")
         except (KeyError, TypeError, RuntimeError) as exc:
             raise SessionError(f"the saved session does not fit this model: {exc!r}") from exc
 
 
 def _forward(session: ServerSession, op: messages.Forward) -> messages.ForwardReply:
-    outputs, rng = session.forward(op.id, op.values, op.requires_grad, op.training, op.grad, op.rng)
+    outputs, rng = session.forward(op.id, op.values, op.requires_grad, op.training, op.grad, op.rng, op.rng_same)
     return messages.ForwardReply(outputs=outputs, rng=rng, compute_s=session.compute_s)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 import ssl
@@ -35,6 +36,10 @@ __all__ = ["TOKEN_ENV", "ConnectionFailed", "LinkEmulator", "RemoteServer", "Rep
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 log = logging.getLogger("lightning_split.transport.client")
+
+# websockets 17.1 deprecates using connect()'s result outside a ``with`` block unless asked
+# for with ``legacy=True`` (older versions have no such flag, and connect directly)
+_DIRECT_CONNECT = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 
 class _Unreachable(ConnectionFailed):
@@ -115,6 +120,7 @@ class RemoteServer:
                 proxy=None,
                 ping_interval=20,
                 ping_timeout=120,
+                **_DIRECT_CONNECT,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -198,6 +198,7 @@ class _ModelFields:
     example: dict[str, Any]  # the skeleton of a batch (shapes and dtypes, never data)
     leaf_modules: list[str] = field(default_factory=list)
     graph: list[Any] | None = None  # the graph summary, to say where the server's graph differs
+    capture: str = "fx"  # how the device captured its graph ("fx" or "export"): the server does the same
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -237,6 +238,7 @@ class Forward(Op):
     training: bool
     grad: bool
     rng: Tensor | None  # the device's CPU random state, when the two sides share random streams
+    rng_same: bool = False  # the state is the one the server's last forward returned: not sent again
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

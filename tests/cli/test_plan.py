@@ -17,7 +17,9 @@ from lightning_split.report import format_bytes, render_plan
 from tests.helpers import ROOT
 
 DAGNET = ["--model", "tests.models:DagNet", "--input-shape", "4,1,8,8"]
+# The keys of docs/profile-format.md section 3, plus the pipelining and constraint fields of plan --json.
 KEYS = {"method", "device", "server", "cut", "predicted_step_s", "breakdown", "baselines", "solve_s"}
+KEYS |= {"micro_batches", "codec", "exact", "private_inputs"}
 TERMS = {"device_s", "server_s", "upload_s", "download_s", "rtt_s"}
 
 # The profile example of the original interface contract (the format: docs/profile-format.md), verbatim: its
@@ -54,7 +56,7 @@ def check_consistent(result: dict, profile: Profile, method: str) -> None:
     """The plan --json keys, a partition of the nodes, the cut, T and the baselines as the planner computes them."""
     assert set(result) == KEYS
     assert set(result["breakdown"]) == TERMS
-    assert set(result["baselines"]) == {"device_only", "server_only", "best_layerwise"}
+    assert set(result["baselines"]) == {"device_only", "server_only", "best_layerwise", "sequential_optimum"}
     assert result["method"] == method
     device, server = set(result["device"]), set(result["server"])
     assert device | server == set(profile.names)
@@ -66,13 +68,16 @@ def check_consistent(result: dict, profile: Profile, method: str) -> None:
     assert result["predicted_step_s"] == pytest.approx(expected.total, rel=1e-12, abs=1e-15)
     assert result["breakdown"] == pytest.approx(expected.to_json(), rel=1e-12, abs=1e-15)
     assert sum(result["breakdown"].values()) == pytest.approx(result["predicted_step_s"], rel=1e-12)
-    assert result["baselines"] == pytest.approx(baselines(profile), rel=1e-12)
+    assert result["baselines"] == pytest.approx(
+        {**baselines(profile), "sequential_optimum": result["predicted_step_s"]}, rel=1e-12
+    )
     assert result["predicted_step_s"] <= min(result["baselines"].values()) * (1 + 1e-9)
     assert result["solve_s"] >= 0
 
 
 # DagNet on a slow device and a fast link, so part of it goes to the server.
-SLOW_DEVICE = ["plan", *DAGNET, "--device-gflops", "0.05", "--uplink-mbps", "1000"]
+# Compared with section 1's (unconstrained) baselines, so the raw input may cross: --no-private-inputs.
+SLOW_DEVICE = ["plan", *DAGNET, "--device-gflops", "0.05", "--uplink-mbps", "1000", "--no-private-inputs"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,7 @@ def test_model_json_is_consistent_and_out_reads_back(dagnet_profile, capsys):
     check_consistent(result, profile, "blockwise")
     assert result["server"], "the slow device should hand work to the server"
 
-    again = plan_json(capsys, path)
+    again = plan_json(capsys, path, "--no-private-inputs")
     for key in ("method", "device", "server", "cut", "predicted_step_s", "breakdown", "baselines"):
         assert again[key] == result[key]
 
@@ -105,7 +110,9 @@ def test_methods_are_honoured_and_agree(capsys, tmp_path, rtt_ms):
     assert code == 0
     capsys.readouterr()
     profile = Profile.load(path)
-    results = {method: plan_json(capsys, path, "--method", method) for method in ("blockwise", "full")}
+    results = {
+        method: plan_json(capsys, path, "--method", method, "--no-private-inputs") for method in ("blockwise", "full")
+    }
     for method, result in results.items():
         check_consistent(result, profile, method)
     assert results["full"]["predicted_step_s"] == pytest.approx(results["blockwise"]["predicted_step_s"], rel=1e-9)
@@ -132,7 +139,16 @@ def test_leaf_module_and_init_args(capsys, tmp_path):
 
 def test_torchvision_factory_resnet18(capsys, tmp_path):
     path = str(tmp_path / "r18.json")
-    result = plan_json(capsys, "--model", "torchvision.models:resnet18", "--input-shape", "1,3,64,64", "--out", path)
+    result = plan_json(
+        capsys,
+        "--model",
+        "torchvision.models:resnet18",
+        "--input-shape",
+        "1,3,64,64",
+        "--out",
+        path,
+        "--no-private-inputs",
+    )
     profile = Profile.load(path)
     assert len(profile.nodes) > 60 and profile.node("fc").extra["shape"] == [1, 1000]
     check_consistent(result, profile, "blockwise")
@@ -251,3 +267,26 @@ def test_real_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     check_consistent(result, Profile.load(path), "blockwise")
+
+
+def test_private_inputs_are_kept_on_the_device_by_default(capsys):
+    """A fast server and link would take the raw input; by default it never leaves the device."""
+    fast = ["plan", *DAGNET, "--device-gflops", "0.05", "--uplink-mbps", "1000", "--rtt-ms", "0.1", "--json"]
+    assert main(fast) == 0
+    private = json.loads(capsys.readouterr().out)
+    assert main([*fast, "--no-private-inputs"]) == 0
+    open_ = json.loads(capsys.readouterr().out)
+    assert "x" in open_["cut"] and open_["private_inputs"] is False, "without the constraint the input crosses"
+    assert "x" not in private["cut"] and private["private_inputs"] is True
+    assert private["predicted_step_s"] >= open_["predicted_step_s"]
+    assert private["baselines"]["sequential_optimum"] == private["predicted_step_s"]
+
+
+def test_micro_batches_and_codec_plan_the_pipelined_step(capsys):
+    base = ["plan", *DAGNET, "--device-gflops", "0.05", "--uplink-mbps", "10", "--rtt-ms", "1", "--json"]
+    assert main([*base, "--micro-batches", "4", "--codec", "fp16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["micro_batches"] == 4 and result["codec"] == "fp16" and result["exact"] is True
+    assert result["predicted_step_s"] <= result["baselines"]["sequential_optimum"] * (1 + 1e-9)
+    assert main([*base, "--micro-batches", "0"]) == 2
+    assert "--micro-batches 0" in capsys.readouterr().err

@@ -350,7 +350,7 @@ def test_var_args_and_unsupported_calls():
     model = VarArgs()
     a, b, bias = torch.randn(3, 4), torch.randn(3, 4), torch.randn(4)
     with pytest.warns(UserWarning, match="not fx-traceable") as record:
-        traced = trace_module(model, (a, b), {"bias": bias, "scale": 2.0, "mode": "fast"})
+        traced = trace_module(model, (a, b), {"bias": bias, "scale": 2.0, "mode": "fast"}, method="fx")
     assert len(record) == 1
     assert set(traced.auto_leaves) == {"rows", "halve"}
     assert "iterated" in traced.auto_leaves["rows"]

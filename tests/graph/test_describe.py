@@ -22,7 +22,8 @@ def _description() -> tuple[ModelDescription, object]:
 def test_wire_fields_are_the_hello_fields_in_order() -> None:
     description, traced = _description()
     wire = description.to_wire()
-    assert list(wire) == ["model", "init_args", "fingerprint", "graph", "leaf_modules", "example"]
+    assert list(wire) == ["model", "init_args", "fingerprint", "graph", "leaf_modules", "example", "capture"]
+    assert wire["capture"] == "fx"  # DagNet traces with fx; the server captures its copy the same way
     assert wire["model"] == "tests.models:DagNet" and wire["init_args"] == {"lr": 0.1}
     assert wire["fingerprint"] == traced.fingerprint()
     assert wire["graph"] == graph_summary(traced.graph_module)

@@ -67,3 +67,18 @@ def test_a_replan_falls_due_every_n_steps_once():
 def test_a_given_link_is_not_measured():
     link = Link.parse("20mbit,10ms")
     assert LinkProbe(link).link(None, traced=None) is link  # type: ignore[arg-type]
+
+
+def test_setup_traffic_is_logged_once_apart_from_the_steps():
+    logger = MemoryLogger()
+    trainer = SimpleNamespace(loggers=[logger], global_step=1, log_every_n_steps=1)
+    setup = Traffic(bytes_up=42_000_000, bytes_down=1_000, round_trip_s=2.0)  # the suffix's weights went up
+    runtime = SimpleNamespace(is_split=True, setup_traffic=setup, stats=Traffic(bytes_up=42_071_000, bytes_down=1_500))
+    log = TrafficLog()
+    log.after_step(trainer, runtime)  # type: ignore[arg-type]
+    first = logger.metrics[0][1]
+    assert first["split/bytes_up"] == 71_000 and first["split/bytes_down"] == 500
+    assert first["split/setup_bytes_up"] == 42_000_000 and first["split/setup_remote_s"] == 2.0
+    runtime.stats = Traffic(bytes_up=42_142_000, bytes_down=2_000)
+    log.after_step(trainer, runtime)  # type: ignore[arg-type]
+    assert "split/setup_bytes_up" not in logger.metrics[1][1] and logger.metrics[1][1]["split/bytes_up"] == 71_000
