@@ -113,3 +113,18 @@ def test_auto_is_never_above_one_for_a_model_that_is_not_per_sample():
 def test_bad_micro_batches_are_refused_at_construction(value):
     with pytest.raises(ValueError, match="micro_batches"):
         SplitStrategy(micro_batches=value)
+
+
+def test_auto_picks_the_cost_models_micro_batches_for_a_per_sample_model_and_equals_local():
+    """Over a slow planned link the link dominates, so the cost model pipelines; training stays exact."""
+    options = {"costs": "estimate", "plan_link": "2mbit,1ms"}
+    local, split, strategy = fit_micro({"optimizer": "sgd", "momentum": 0.9}, {}, micro_batches="auto", **options)
+    chosen = strategy.plan.notes["micro_batches"]
+    assert strategy.micro_batches == chosen > 1
+    assert_same_parameters(local, split)
+
+
+def test_batchnorm_is_refused_by_name_against_a_serve_process(dagnet_server):
+    strategy = SplitStrategy(server=dagnet_server.url, cut="b", micro_batches=2)
+    with pytest.raises(ValueError, match=r"BatchNorm2d"):
+        trainer(strategy, max_steps=1).fit(DagNet(), loader(64))
