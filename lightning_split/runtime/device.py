@@ -32,6 +32,7 @@ from lightning_split.graph.programs import (
 )
 from lightning_split.runtime.errors import SplitConfigError
 from lightning_split.runtime.microbatch import MicroBatcher, MicroBatching, refusal
+from lightning_split.runtime.precision import autocast_dtype
 from lightning_split.transport import messages
 from lightning_split.transport.client import RemoteServer, Traffic
 from lightning_split.transport.optimizers import describe_optimizer, is_mirrorable, wire_hyperparameters
@@ -330,6 +331,7 @@ class SplitRuntime:
             grad=grad,
             rng=None if same else state,  # unchanged since the server returned it: the server has it
             rng_same=same,
+            autocast=autocast_dtype(_first_device(values)),
         )
 
     def _forward_result(self, result: messages.ForwardReply, device: torch.device) -> list[Any]:
