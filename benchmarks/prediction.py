@@ -322,6 +322,7 @@ def link_json(link: Any) -> dict[str, Any]:
         "up_mbit_s": rate(link.uplink_bytes_per_s),
         "down_mbit_s": rate(link.downlink_bytes_per_s),
         "rtt_ms": link.rtt_s * 1e3,
+        "message_ms": None if getattr(link, "message_s", None) is None else link.message_s * 1e3,
         "text": link.describe(),
     }
 

@@ -36,6 +36,7 @@ from lightning_split.graph import metadata
 from lightning_split.graph.persample import Coupling, analyse_traced, mode_dependent_active
 from lightning_split.planning.pipelined import pipelined_step_time
 from lightning_split.runtime.errors import SplitConfigError
+from lightning_split.runtime.precision import autocast_dtype
 
 SplitRuntime = Any  # lightning_split.runtime.device.SplitRuntime, which imports this module
 __all__ = ["MicroBatcher", "MicroBatching", "refusal", "split_batch"]
@@ -190,6 +191,12 @@ class MicroBatcher:
         chunks = split_batch(graph_args, self.micro_batches)
         if len(chunks) < 2:
             return None
+        if autocast_dtype(_first_device(chunks[0])) is not None:
+            raise SplitConfigError(
+                f"micro_batches={self.micro_batches} under mixed precision is not supported yet: the server's "
+                "outputs would not have the traced dtypes the micro-batches' placeholders are made with; use "
+                "micro_batches=1 with precision='bf16-mixed', or 32-bit precision with micro-batches"
+            )
         runtime = self.runtime
         grad = torch.is_grad_enabled()
         runtime._flush_forgotten()

@@ -128,3 +128,9 @@ def test_batchnorm_is_refused_by_name_against_a_serve_process(dagnet_server):
     strategy = SplitStrategy(server=dagnet_server.url, cut="b", micro_batches=2)
     with pytest.raises(ValueError, match=r"BatchNorm2d"):
         trainer(strategy, max_steps=1).fit(DagNet(), loader(64))
+
+
+def test_micro_batches_under_mixed_precision_are_refused_by_name():
+    strategy = SplitStrategy(cut="b", micro_batches=2)
+    with pytest.raises(ValueError, match="mixed precision"):
+        trainer(strategy, max_steps=1, precision="bf16-mixed").fit(PerSampleNet(), loader(64))
