@@ -444,6 +444,75 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Pipelined micro-batches (issue 12): the pipelined optimum against the sequential one.
+
+PIPELINED_MICRO_BATCHES = (1, 2, 4, 8, 16)
+
+
+def pipelined_grid(
+    units: dict[str, Profile],
+    pairs: Sequence[tuple[str, str]],
+    bandwidths: Sequence[float],
+    down_multiple: float,
+    rtt_ms: float,
+    cost_name: str = "roofline",
+) -> list[dict[str, Any]]:
+    """One row per pair, model and uplink: ``T_M`` of the pipelined optimum (M auto) against T_1 baselines.
+
+    The pipelined optimum is ``best_micro_batches`` over :data:`PIPELINED_MICRO_BATCHES`
+    (``lightning_split.planning.pipelined_planner``, no constraints); the sequential optimum,
+    the best layer-wise split and the inference-planned cuts (DADS-style) run with M=1.
+    ``intermediate`` says whether the pipelined optimum keeps nodes on both sides.
+    """
+    from lightning_split.planning.pipelined_planner import best_micro_batches, sequential_optimum
+
+    model = COST_MODEL_TYPES[cost_name]()
+    rows = []
+    for pair in pairs:
+        device, server = HARDWARE[pair[0]], HARDWARE[pair[1]]
+        for name, unit in units.items():
+            train = costed_profile(unit, model, device, server, training=True)
+            infer = costed_profile(unit, model, device, server, training=False)
+            for mbps in bandwidths:
+                profile = train.with_link(training_link(mbps, down_multiple, rtt_ms))
+                piped = best_micro_batches(profile, candidates=PIPELINED_MICRO_BATCHES, private_inputs=False)
+                sequential = sequential_optimum(profile, private_inputs=False).predicted_step_s
+                inference = infer.with_link(inference_link(mbps, rtt_ms))
+                baselines = {
+                    "sequential_optimum": sequential,
+                    "best_layerwise": step_time(profile, best_layerwise(profile).device).total,
+                    "dads_inference": step_time(profile, plan(inference, "blockwise").device).total,
+                }
+                t = piped.predicted_step_s
+                rows.append({
+                    "cost_model": cost_name, "pair": pair_name(pair), "model": name, "uplink_mbps": mbps,
+                    "pipelined_s": t, "micro_batches": piped.micro_batches, "exact": piped.exact,
+                    "intermediate": bool(piped.server) and any(profile.node(n).kind != "input" for n in piped.device),
+                    "cut": list(piped.cut), "baselines_s": baselines,
+                    "reduction": {k: 1.0 - t / v if v > 0 else 0.0 for k, v in baselines.items()},
+                })  # fmt: skip
+    return rows
+
+
+def pipelined_table(rows: list[dict[str, Any]]) -> str:
+    """Per pair: where pipelining moves the optimum to an intermediate cut and by how much it beats M=1."""
+    header = ["pair", "rows", "M>1 chosen", "intermediate cut", "vs sequential best/median",
+              "vs best_layerwise best/median", "vs dads_inference best/median"]  # fmt: skip
+    out = []
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        sel = [r for r in rows if r["pair"] == pair]
+
+        def cell(key: str, sel: list[dict[str, Any]] = sel) -> str:
+            values = [r["reduction"][key] for r in sel]
+            return f"{_pct(max(values))} / {_pct(statistics.median(values))}"
+
+        out.append([pair, str(len(sel)), str(sum(r["micro_batches"] > 1 for r in sel)),
+                    str(sum(r["intermediate"] for r in sel)), cell("sequential_optimum"), cell("best_layerwise"),
+                    cell("dads_inference")])  # fmt: skip
+    return render_table(header, out, left=1)
+
+
+# ----------------------------------------------------------------------------------------------
 # Output.
 
 
@@ -747,6 +816,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--down-multiple", type=float, default=DOWN_MULTIPLE, help="downlink / uplink (default 1)")
     parser.add_argument("--publish", action="store_true", help="copy the charts to benchmarks/results/")
     parser.add_argument(
+        "--pipelined", action="store_true", help="also: the pipelined optimum (M auto) against M=1 (roofline costs)"
+    )
+    parser.add_argument(
         "--calibrate-cuda",
         action="store_true",
         help="instead: measure forward node and step times on the local CUDA GPU against both cost models",
@@ -790,6 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     rows = run_grid(units, pairs, bandwidths, args.down_multiple, args.rtt_ms)
+    piped = pipelined_grid(units, pairs, bandwidths, args.down_multiple, args.rtt_ms) if args.pipelined else []
     summary = summarise(rows)
     sound = all(r["not_worse"] for r in rows)
 
@@ -829,6 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": summary,
         "charts": [str(path) for path in charts],
         "results": rows,
+        "pipelined": piped,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
@@ -842,6 +916,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"uplinks {', '.join(f'{b:g}' for b in bandwidths)} Mbit/s, downlink x{args.down_multiple:g}, "
           f"rtt {args.rtt_ms:g} ms; cuts: distinct optimal cuts over the uplinks")  # fmt: skip
+    if piped:
+        print("\nPipelined optimum (M auto, roofline) against M=1 plans: reduction best / median")
+        print(pipelined_table(piped))
     print(f"total {total_s:.0f} s; results in {args.out}; charts in {args.charts}")
     if not sound:
         print("error: the optimal plan is worse than a baseline on some row", file=sys.stderr)

@@ -322,6 +322,7 @@ def link_json(link: Any) -> dict[str, Any]:
         "up_mbit_s": rate(link.uplink_bytes_per_s),
         "down_mbit_s": rate(link.downlink_bytes_per_s),
         "rtt_ms": link.rtt_s * 1e3,
+        "message_ms": None if getattr(link, "message_s", None) is None else link.message_s * 1e3,
         "text": link.describe(),
     }
 
@@ -464,6 +465,59 @@ def forced_record(
         "within_tolerance": abs(run.median_s / prediction["total_s"] - 1) <= TOLERANCE,
         "auto_measured_median_s": auto["measured"]["median_step_s"],
     }
+
+
+def pipelined_record(
+    micro_batches: int, bandwidth: str, run: Fit, auto: dict[str, Any], profile: Any
+) -> dict[str, Any]:
+    """A run with ``micro_batches`` on the ``cut="auto"`` run's placement against ``T_M`` of the same profile.
+
+    ``T_M`` (``lightning_split.planning.pipelined``) charges ``link.message_s`` (measured with the link)
+    ``2 * M`` times; ``T_1`` of the same placement is given too, so the predicted and the measured ratio
+    to the M=1 run can be compared.
+    """
+    from lightning_split.planning.pipelined import pipelined_step_time
+
+    spec = run.strategy.plan.spec
+    device = device_nodes(profile, spec.server_nodes)
+    terms, sequential = pipelined_step_time(profile, device, micro_batches), pipelined_step_time(profile, device, 1)
+    m1 = auto["measured"]["median_step_s"]
+    return {
+        "micro_batches": micro_batches,
+        "micro_batches_used": run.strategy.micro_batches,
+        "bandwidth": bandwidth,
+        "label": placement_label(profile, spec.server_nodes, spec.cut),
+        "message_s": profile.link.message_s,
+        "predicted": terms.to_json(),
+        "predicted_step_s": terms.total,
+        "predicted_m1_step_s": sequential.total,
+        "measured": run.timing_json(),
+        "error": run.median_s / terms.total - 1,
+        "within_tolerance": abs(run.median_s / terms.total - 1) <= TOLERANCE,
+        "m1_measured_median_s": m1,
+        "measured_ratio_to_m1": run.median_s / m1,
+        "predicted_ratio_to_m1": terms.total / sequential.total,
+    }
+
+
+def pipelined_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The micro-batched runs: predicted ``T_M`` against measured, and both ratios to M=1."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import render_table
+
+    header = ("M", "link limit", "placement", "message_s ms", "pred ms", "meas ms", "error", "<=15%",
+              "pred / M=1", "meas / M=1")  # fmt: skip
+    body = [
+        (
+            str(row["micro_batches_used"]), row["bandwidth"], _short(row["label"]),
+            f"{(row['message_s'] or 0) * 1e3:.2f}", f"{row['predicted_step_s'] * 1e3:.1f}",
+            f"{row['measured']['median_step_s'] * 1e3:.1f}", f"{row['error'] * 100:+.1f}%",
+            "yes" if row["within_tolerance"] else "NO", f"{row['predicted_ratio_to_m1']:.2f}",
+            f"{row['measured_ratio_to_m1']:.2f}",
+        )
+        for row in rows
+    ]  # fmt: skip
+    return render_table(header, body, left=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-threads", type=int, help="torch threads of the serve process (2; --quick: 1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/prediction.json)")
     parser.add_argument("--publish", action="store_true", help="copy the chart to benchmarks/results/")
+    parser.add_argument("--micro-batches", default="1,4", help="M values; each M > 1 reruns every bandwidth's cut")
     parser.add_argument(
         "--steady-malloc",
         action="store_true",
@@ -697,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    def strategy(bandwidth: str, cut: Any = "auto") -> Any:
+    def strategy(bandwidth: str, cut: Any = "auto", micro_batches: int = 1) -> Any:
         return SplitStrategy(
             server=server.url,
             cut=cut,
@@ -705,12 +760,15 @@ def main(argv: list[str] | None = None) -> int:
             link=_parse(bandwidth, setup.rtt_ms),
             costs="measure",
             costs_options={"cache": cache_dir},
+            micro_batches=micro_batches,
+            micro_batch_statistics=micro_batches > 1,  # ResNet-18's BatchNorm: a timing run, not an exact one
         )
 
     started = time.perf_counter()
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     forced_rows: list[dict[str, Any]] = []
+    pipelined_rows: list[dict[str, Any]] = []
     try:
         local_fit = fit(model_cls, None, setup.steps, setup.warmup)
         plain = plain_step_times(model_cls, max(3, setup.steps // 3))
@@ -753,6 +811,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"measured {run.median_s * 1e3:8.1f} ms ({row['error'] * 100:+.1f}%)",
                 flush=True,
             )
+        for m in (int(v) for v in args.micro_batches.split(",") if int(v) > 1):
+            for bandwidth in order:
+                if by_bandwidth[bandwidth]["chosen"]["label"] == "device only":
+                    continue  # no server part: nothing to pipeline
+                cut = list(by_bandwidth[bandwidth]["chosen"]["cut"])
+                run = fit(model_cls, strategy(bandwidth, cut, m), setup.steps, setup.warmup)
+                row = pipelined_record(m, bandwidth, run, by_bandwidth[bandwidth], profiles[bandwidth])
+                pipelined_rows.append(row)
+                print(
+                    f"  M={m:<9} {bandwidth:<10} predicted {row['predicted_step_s'] * 1e3:8.1f} ms, measured "
+                    f"{run.median_s * 1e3:8.1f} ms ({row['error'] * 100:+.1f}%), "
+                    f"{row['measured_ratio_to_m1']:.2f}x M=1",
+                    flush=True,
+                )
     finally:
         server.stop()
         shutil.rmtree(cache_dir, ignore_errors=True)
@@ -783,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_cost_check": device_cost_check(runs[0]["profile"], plain, local),
         "runs": runs,
         "forced": forced_rows,
+        "pipelined": pipelined_rows,
         "startup": {
             "bandwidth": cold_bandwidth,
             "cold": cold_startup,
@@ -809,6 +882,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nwhere the time went (median ms per step; 'other' = waiting on the server minus its compute and the")
     print("emulated link: serialization, loopback, the server's optimizer step):")
     print(breakdown_table(runs, forced_rows))
+    if pipelined_rows:
+        print("\nmicro-batched runs on the cut='auto' placements (ResNet-18: per-micro-batch BatchNorm statistics):")
+        print(pipelined_table(pipelined_rows))
     print(
         f"\nwithin {TOLERANCE:.0%} of the prediction: {', '.join(within) or 'none'} of {len(runs)}; "
         f"placement = best for the measured link: {report['summary']['chosen_is_best_for_measured_link']}"

@@ -124,14 +124,14 @@ class Result:
         return statistics.median(t[key] for t in self.traffic) if self.traffic else 0.0
 
 
-def _loader(steps: int) -> DataLoader:
+def _loader(steps: int, batch: int = BATCH) -> DataLoader:
     gen = torch.Generator().manual_seed(1234)
-    x = torch.randn(steps * BATCH, 3, 32, 32, generator=gen)
-    y = torch.randint(0, 10, (steps * BATCH,), generator=gen)
-    return DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False, num_workers=0)
+    x = torch.randn(steps * batch, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (steps * batch,), generator=gen)
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False, num_workers=0)
 
 
-def _fit(model_cls: type, strategy: Any, steps: int) -> tuple[StepTimer, Any]:
+def _fit(model_cls: type, strategy: Any, steps: int, batch: int = BATCH) -> tuple[StepTimer, Any]:
     torch.manual_seed(0)
     model = model_cls()
     timer = StepTimer()
@@ -149,7 +149,7 @@ def _fit(model_cls: type, strategy: Any, steps: int) -> tuple[StepTimer, Any]:
         callbacks=[timer],
         **kwargs,
     )
-    trainer.fit(model, _loader(steps))
+    trainer.fit(model, _loader(steps, batch))
     if len(timer.times) != steps:
         raise RuntimeError(f"expected {steps} timed steps, got {len(timer.times)}")
     return timer, strategy
@@ -192,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cut", default="layer1", help="module path of the ResNet the device keeps, with its ancestors (e.g. layer2)"
     )
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded-server config")
+    parser.add_argument("--batch", type=int, default=BATCH, help="samples per step")
+    parser.add_argument(
+        "--micro-batches",
+        type=int,
+        default=1,
+        help="also run the embedded server with M micro-batches (per-micro-batch BatchNorm: timing, not exactness)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "runtime.json")
     args = parser.parse_args(argv)
 
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log_path = Path(tempfile.gettempdir()) / f"lightning-split-bench-server-{os.getpid()}.log"
     print(
-        f"ResNet-18, batch {BATCH}x3x32x32, SGD, cut={cut!r}; {args.rounds} rounds x {per_fit} steps "
+        f"ResNet-18, batch {args.batch}x3x32x32, SGD, cut={cut!r}; {args.rounds} rounds x {per_fit} steps "
         f"(+{args.warmup} warm-up) per config; torch threads: 1 here, OMP_NUM_THREADS=1 for the server",
         flush=True,
     )
@@ -228,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_embedded:
         configs["split-embedded"] = lambda: SplitStrategy(server=None, cut=cut)
+    if not args.no_embedded and args.micro_batches > 1:
+        configs[f"split-embedded-m{args.micro_batches}"] = lambda: SplitStrategy(
+            server=None, cut=cut, micro_batches=args.micro_batches, micro_batch_statistics=True
+        )
     results = {name: Result(name) for name in configs}
     started = time.perf_counter()
     try:
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                timer, strategy = _fit(model_cls, configs[name](), args.warmup + per_fit)
+                timer, strategy = _fit(model_cls, configs[name](), args.warmup + per_fit, args.batch)
                 res = results[name]
                 res.times += timer.times[args.warmup :]
                 res.traffic += timer.traffic[args.warmup :]
@@ -320,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "runtime",
         "model": "torchvision resnet18(num_classes=10), weights=None",
-        "input": [BATCH, 3, 32, 32],
+        "input": [args.batch, 3, 32, 32],
         "optimizer": "SGD(lr=0.05, momentum=0.9)",
         "cut": cut,
         "rounds": args.rounds,

@@ -42,3 +42,10 @@ def dagnet_server() -> Iterator[ServeProcess]:
     server = ServeProcess("--model", "tests.models:DagNet")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def persample_server() -> Iterator[ServeProcess]:
+    server = ServeProcess("--model", "tests.models:PerSampleNet")
+    yield server
+    server.stop()

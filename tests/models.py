@@ -147,3 +147,26 @@ class TwoOptimizerNet(DagNet):
         stem = list(self.stem.parameters())
         rest = [p for name, p in self.named_parameters() if not name.startswith("stem.")]
         return torch.optim.SGD(stem, lr=0.05, momentum=0.9), torch.optim.Adam(rest, lr=0.01)
+
+
+class PerSampleNet(DagNet):
+    """DagNet with per-sample normalisation (GroupNorm in the stem, LayerNorm before the head).
+
+    The same DAG (a residual join and a concatenation; ``cut="b"`` sends ``r`` and ``b``), but
+    every layer treats the samples of a batch independently, so training it on micro-batches
+    equals training it on whole batches.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.norm = nn.LayerNorm(8 * 8 * 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        a = torch.relu(self.a(s))
+        r = a + s
+        b = self.b(r)
+        c = torch.cat([r, b], dim=1)
+        m = self.mix(c)
+        return self.head(self.drop(self.norm(torch.flatten(m + r, 1))))

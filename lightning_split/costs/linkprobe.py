@@ -2,7 +2,8 @@
 
 :func:`measure_link` times ``ping`` ops through a
 :class:`~lightning_split.transport.client.RemoteServer`: empty ones for the round trip, ones
-carrying a payload for the uplink, ones whose reply carries a payload for the downlink.
+carrying a payload for the uplink, ones whose reply carries a payload for the downlink, and
+empty ones in flight together for the cost of one more message (``message_s``).
 :func:`typical_payload_bytes` sizes the probes before a cut is known.
 """
 
@@ -21,7 +22,16 @@ from lightning_split.transport import messages
 if TYPE_CHECKING:
     from lightning_split.transport.client import RemoteServer
 
-__all__ = ["MAX_PROBE_BYTES", "MIN_PROBE_BYTES", "NOISE_FLOOR_S", "measure_link", "ping_op", "typical_payload_bytes"]
+__all__ = [
+    "MAX_PROBE_BYTES",
+    "MESSAGE_PROBES",
+    "MIN_PROBE_BYTES",
+    "NOISE_FLOOR_S",
+    "measure_link",
+    "message_s",
+    "ping_op",
+    "typical_payload_bytes",
+]
 
 #: Link probes smaller than this are padded: below it the transfer hides in the round-trip noise.
 MIN_PROBE_BYTES = 256 * 1024
@@ -29,6 +39,8 @@ MIN_PROBE_BYTES = 256 * 1024
 MAX_PROBE_BYTES = 16 * 2**20
 #: The smallest transfer time told apart from zero, whatever the spread of the round trips.
 NOISE_FLOOR_S = 50e-6
+#: Empty pings in flight at once to time the cost of one more message (``Link.message_s``).
+MESSAGE_PROBES = 8
 
 
 def ping_op(payload: torch.Tensor | None = None, reply_bytes: int = 0) -> messages.Ping:
@@ -58,7 +70,7 @@ def measure_link(
     rate, whose predicted cost for a payload of the probe's size is at most the noise.
 
     Through a :class:`~lightning_split.transport.client.RemoteServer` with ``link_limit`` the result is
-    the emulated link (plus the real one underneath).
+    the emulated link (plus the real one underneath). ``message_s`` is :func:`message_s`.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -85,7 +97,26 @@ def measure_link(
         extra_bytes = statistics.median(s[which] for s in samples[kind]) - base
         return max(extra_bytes, 1) / max(extra_s, noise)
 
-    return Link(rate("up", 1, base_up), rate("down", 2, base_down), rtt)
+    return Link(rate("up", 1, base_up), rate("down", 2, base_down), rtt, message_s(remote, rtt, repeats))
+
+
+def message_s(remote: RemoteServer, rtt_s: float, repeats: int = 5, in_flight: int = MESSAGE_PROBES) -> float:
+    """The cost of one more message in flight: ``(T_n - rtt_s) / (n - 1)`` for ``n`` empty pings sent at once.
+
+    A pipelined step with M micro-batches keeps M requests in flight; each costs the framing,
+    the encoding and decoding, the two sides' dispatch and the scheduling of the threads that
+    move it, once per message whatever its size. Sending ``n`` empty pings without waiting and
+    timing the last reply measures that per-message cost where it is paid, in flight (the
+    round trip is paid once). The median of ``repeats`` rounds, at least 0.
+    """
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        replies = [remote.submit([ping_op()]) for _ in range(in_flight)]
+        for reply in replies:
+            reply.result()
+        samples.append((time.perf_counter() - started - rtt_s) / (in_flight - 1))
+    return max(0.0, statistics.median(samples))
 
 
 def _timed_call(remote: RemoteServer, op: messages.Ping) -> tuple[float, int, int]:

@@ -6,7 +6,9 @@ backward uploads the output gradients and returns the cut's gradients) and rebui
 model's return value. It mirrors the module's optimizers on the server (step, zero_grad,
 clipping by the global norm over both sides) and moves the suffix's state back and forth
 for checkpoints. :meth:`SplitRuntime.moved_to` moves the boundary between two optimizer
-steps (live re-planning). :class:`lightning_split.runtime.strategy.SplitStrategy` is a thin layer over it.
+steps (live re-planning). With micro-batches, forward calls go through
+:class:`~lightning_split.runtime.microbatch.MicroBatcher` instead, which pipelines them.
+:class:`lightning_split.runtime.strategy.SplitStrategy` is a thin layer over it.
 """
 
 from __future__ import annotations
@@ -28,16 +30,16 @@ from lightning_split.graph.programs import (
     device_program,
     used_state,
 )
+from lightning_split.runtime.errors import SplitConfigError
+from lightning_split.runtime.microbatch import MicroBatcher, MicroBatching, refusal
 from lightning_split.runtime.precision import autocast_dtype
 from lightning_split.transport import messages
 from lightning_split.transport.client import RemoteServer, Traffic
 from lightning_split.transport.optimizers import describe_optimizer, is_mirrorable, wire_hyperparameters
 
+__all__ = ["SplitConfigError", "SplitRuntime"]
+
 log = logging.getLogger("lightning_split")
-
-
-class SplitConfigError(ValueError):
-    """The model or its training setup cannot be split as asked; the message says how to fix it."""
 
 
 class _Call:
@@ -88,6 +90,9 @@ class SplitRuntime:
         release_server_state: free the device's copies of the suffix's parameters and
             buffers while the server holds them (they come back for checkpoints and at
             :meth:`close`).
+        graph_args: maps a call of the module's ``forward`` onto the graph's tensor arguments.
+        micro_batching: cut each forward's batch into micro-batches and pipeline them
+            (``None`` or ``micro_batches=1``: one request per forward, as without it).
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class SplitRuntime:
         hello: dict[str, Any],
         release_server_state: bool = True,
         graph_args: Callable[..., tuple[Any, ...]] | None = None,
+        micro_batching: MicroBatching | None = None,
     ) -> None:
         self.module = module
         self.graph_args = graph_args or (lambda *args, **kwargs: (*args, *kwargs.values()))
@@ -123,6 +129,9 @@ class SplitRuntime:
         self._pending: set[int] = set()
         self._forgotten: collections.deque[int] = collections.deque()
         self._anchor = torch.zeros((), requires_grad=True)
+        self.micro_batching = micro_batching
+        pipelined = micro_batching is not None and micro_batching.micro_batches > 1 and self.is_split
+        self.batcher = MicroBatcher(self, micro_batching) if pipelined and micro_batching else None
 
     @property
     def stats(self) -> Traffic:
@@ -191,6 +200,7 @@ class SplitRuntime:
             self.hello,
             self.release_server_state,
             graph_args=self.graph_args,
+            micro_batching=self.micro_batching,
         )
         successor.drop_server_grads()
         successor.open(self.optimizers)
@@ -263,22 +273,33 @@ class SplitRuntime:
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The module's new forward: device program, then the server, then the output rebuilt."""
-        outputs = self.program(*self.graph_args(*args, **kwargs))
+        graph_args = self.graph_args(*args, **kwargs)
+        if self.batcher is not None:
+            coupled = self.batcher.coupled_now()
+            if coupled:
+                raise SplitConfigError(refusal(coupled, self.batcher.micro_batches, "now, in training mode"))
+            values = self.batcher.forward(graph_args)
+            if values is not None:
+                return assemble_output(self.graph_module, values)
+        outputs = self.program(*graph_args)
         n_cut = len(self.spec.cut)
-        values: dict[str, Any] = dict(zip(self.device_returned, outputs[n_cut:]))
+        values = dict(zip(self.device_returned, outputs[n_cut:]))
         if self.is_split:
             cut_values = list(outputs[:n_cut])
             if torch.is_grad_enabled():
-                call = _Call(next(self._ids))
+                call = self._new_call()
                 tensors = [v for v in cut_values if isinstance(v, torch.Tensor)]
                 results = _RemoteSuffix.apply(self, call, cut_values, *tensors, self._anchor)
                 server_values = _merge(call.outputs, results)
                 call.outputs = []  # the autograd graph must not hold its own outputs
                 self._track(call)
             else:
-                server_values = self._remote_forward(_Call(next(self._ids)), cut_values, grad=False)
+                server_values = self._remote_forward(self._new_call(), cut_values, grad=False)
             values.update(zip(self.spec.server_outputs, server_values))
         return assemble_output(self.graph_module, values)
+
+    def _new_call(self) -> _Call:
+        return _Call(next(self._ids))
 
     def _track(self, call: _Call) -> None:
         self._pending.add(call.id)
@@ -295,37 +316,53 @@ class SplitRuntime:
         if ids:
             self.remote.defer(messages.Release(ids=ids))
 
-    def _remote_forward(self, call: _Call, values: list[Any], grad: bool) -> list[Any]:
-        assert self.remote is not None
-        self._flush_forgotten()
-        rng = torch.get_rng_state() if self.rng_sync else None
-        same = rng is not None and self._rng_returned is not None and torch.equal(rng, self._rng_returned)
-        op = messages.Forward(
+    def _forward_op(self, call: _Call, values: list[Any], grad: bool, rng: bool = True) -> messages.Forward:
+        """The ``forward`` op of ``call`` (with the random state when the sides share it and ``rng``).
+
+        The state is not sent again when it is the one the server's last forward returned.
+        """
+        state = torch.get_rng_state() if self.rng_sync and rng else None
+        same = state is not None and self._rng_returned is not None and torch.equal(state, self._rng_returned)
+        return messages.Forward(
             id=call.id,
             values=[v.detach() if isinstance(v, torch.Tensor) else v for v in values],
             requires_grad=[isinstance(v, torch.Tensor) and v.requires_grad for v in values],
             training=self.module.training,
             grad=grad,
-            rng=None if same else rng,  # unchanged since the server returned it: the server has it
+            rng=None if same else state,  # unchanged since the server returned it: the server has it
             rng_same=same,
             autocast=autocast_dtype(_first_device(values)),
         )
-        (result,) = self.remote.call([op])
+
+    def _forward_result(self, result: messages.ForwardReply, device: torch.device) -> list[Any]:
+        """The server outputs of a forward reply, on ``device``; the random stream continues from it."""
         if result.rng is not None:
             torch.set_rng_state(result.rng)
             self._rng_returned = result.rng
         self._account(result)
-        device = _first_device(values)
         return [o.to(device) if isinstance(o, torch.Tensor) else o for o in result.outputs]
+
+    def _remote_forward(self, call: _Call, values: list[Any], grad: bool) -> list[Any]:
+        assert self.remote is not None
+        self._flush_forgotten()
+        (result,) = self.remote.call([self._forward_op(call, values, grad)])
+        return self._forward_result(result, _first_device(values))
+
+    def _backward_op(self, call: _Call, grads: list[torch.Tensor | None]) -> messages.Backward:
+        """The ``backward`` op of ``call``; ``grads`` has one entry per server output (``None`` for non-tensors)."""
+        self._pending.discard(call.id)
+        return messages.Backward(id=call.id, grads=grads)
+
+    def _backward_result(self, results: list[Any]) -> list[torch.Tensor | None]:
+        (result,) = results
+        self._account(result)
+        return list(result.grads)
 
     def _remote_backward(self, call: _Call, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         assert self.remote is not None
-        self._pending.discard(call.id)
         grads_iter = iter(grads)
         full = [next(grads_iter) if is_tensor else None for is_tensor in call.is_tensor]
-        (result,) = self.remote.call([messages.Backward(id=call.id, grads=full)])
-        self._account(result)
-        return list(result.grads)
+        return self._backward_result(self.remote.call([self._backward_op(call, full)]))
 
     def _account(self, result: messages.ForwardReply | messages.BackwardReply) -> None:
         if self.remote is not None:

@@ -20,6 +20,7 @@ re-planning) and :mod:`~lightning_split.runtime.metrics` (what goes to the logge
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -39,6 +40,12 @@ from lightning_split.planning.energy import OBJECTIVES, EnergyModel
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
+from lightning_split.runtime.microbatch import (
+    MicroBatching,
+    check_micro_batches,
+    choose_micro_batches,
+    micro_batching_for,
+)
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
 from lightning_split.runtime.precision import bridge_scaler
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
@@ -96,6 +103,19 @@ class SplitStrategy(SingleDeviceStrategy):
             with the same node costs; when the optimal placement changes, the boundary moves
             before the next training batch (parameters, buffers and optimizer state of the
             nodes that change sides migrate). ``None``: plan once. Needs ``cut="auto"``.
+        micro_batches: cut every batch into this many micro-batches along dimension 0
+            (``torch.tensor_split``: sizes differ by at most one sample) and pipeline them: the
+            device computes micro-batch ``i + 1`` while ``i`` is on the wire and ``i - 1`` on the
+            server, in the forward and in the backward phase; ``training_step`` still sees one
+            forward with the whole batch's outputs. From 1 (the default: one request per
+            forward) to 16, or ``"auto"``: the M of least predicted step time (the cost model's
+            pipelined step, ``docs/cost-model.md``), 1 for a model that is not per-sample. For
+            models whose layers treat samples independently training equals training on whole
+            batches (float summation order aside); a model with BatchNorm in training mode,
+            dropout, or any node not provably per-sample is refused before the first step.
+        micro_batch_statistics: let such a model train on micro-batches anyway, each with its
+            own BatchNorm statistics and random stream, as GPipe does. Training then differs
+            from training on whole batches.
         objective: what ``cut="auto"`` minimises: ``"time"`` (the step time) or ``"energy"``
             (the device's joules per step: its preset's power over its compute and waiting,
             plus the radio's energy per byte; :mod:`lightning_split.planning.energy`).
@@ -129,11 +149,14 @@ class SplitStrategy(SingleDeviceStrategy):
         probe_bytes: int | None = None,
         probe_repeats: int = 5,
         replan_every: int | None = None,
+        micro_batches: int | str = 1,
+        micro_batch_statistics: bool = False,
         objective: str = "time",
         energy: EnergyModel | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, **kwargs)
+        self.micro_batches_requested = check_micro_batches(micro_batches)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
         if replan_every is not None and (not isinstance(replan_every, int) or replan_every < 1):
@@ -161,6 +184,9 @@ class SplitStrategy(SingleDeviceStrategy):
         self.probe_bytes = probe_bytes
         self.probe_repeats = probe_repeats
         self.replan_every = replan_every
+        self.micro_batch_statistics = micro_batch_statistics
+        #: the number of micro-batches in use (``"auto"`` resolves on the first forward)
+        self.micro_batches = micro_batches if isinstance(micro_batches, int) else 1
         self.objective = objective
         self.energy = energy
         self.runtime: SplitRuntime | None = None
@@ -267,6 +293,8 @@ class SplitStrategy(SingleDeviceStrategy):
         return self.runtime.forward(*args, **kwargs)
 
     def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        batch = trace_batch(module, args, kwargs, self.leaf_modules)
+        micro_batching = micro_batching_for(batch.traced, self.micro_batches_requested, self.micro_batch_statistics)
         url = self.server_url
         if url is None:
             self._embedded = EmbeddedServer(ModelHost(_embedded_factory(module), _class_path(module)), token=self.token)
@@ -280,7 +308,6 @@ class SplitStrategy(SingleDeviceStrategy):
             retry_for=self.retry_for,
         )
         self._remote = remote
-        batch = trace_batch(module, args, kwargs, self.leaf_modules)
         description = ModelDescription.of(
             self.model_name or _class_path(module),
             self.init_args if self.init_args is not None else _init_args(module),
@@ -305,6 +332,7 @@ class SplitStrategy(SingleDeviceStrategy):
         )
         if self.cut == "auto":
             self.plan.notes["plan_s"] = time.perf_counter() - link_started
+        micro_batching = self._resolve_micro_batches(micro_batching, description, args, kwargs)
         log.info("lightning-split plan:\n%s", self.plan.describe())
         self.runtime = SplitRuntime(
             module,
@@ -314,10 +342,29 @@ class SplitStrategy(SingleDeviceStrategy):
             description.to_wire(),
             self.release_server_state,
             graph_args=self.plan.traced.graph_args,
+            micro_batching=micro_batching,
         )
         self.runtime.open(self.optimizers)
         self.placements.append(self.plan.spec)
         log_hyperparams(self._attached_trainer, self.plan.summary())
+
+    def _resolve_micro_batches(
+        self, config: MicroBatching, description: ModelDescription, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> MicroBatching:
+        """``config`` with M chosen by the cost model for the placement when ``micro_batches="auto"``."""
+        plan = self.plan
+        assert plan is not None and self._remote is not None
+        if self.micro_batches_requested == "auto" and config.micro_batches > 1:
+            profile = plan.profile
+            if profile is None:  # a user cut: price it as cut="auto" would
+                link = self._replanner.probe.link(self._remote, plan.traced)
+                profile = self._cost_source(description, args, kwargs)(plan.traced, link)
+            chosen, predicted = choose_micro_batches(profile, plan.spec.server_nodes, config.micro_batches)
+            plan.notes["predicted_pipelined_step_s"] = predicted
+            config = dataclasses.replace(config, micro_batches=chosen)
+        self.micro_batches = config.micro_batches
+        plan.notes["micro_batches"] = config.micro_batches
+        return config
 
     def _cost_source(
         self, description: ModelDescription, args: tuple[Any, ...], kwargs: dict[str, Any]

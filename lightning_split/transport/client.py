@@ -1,10 +1,12 @@
 """The device's connection to a lightning-split server (synchronous websockets).
 
-Training is sequential (the device waits for the server's outputs before it computes the
-loss), so the client is a plain blocking connection driven from the training thread:
-:meth:`RemoteServer.call` sends the deferred ops plus the ones given (typed messages of
-:mod:`lightning_split.transport.messages`) and returns their checked replies. It counts
-bytes and wire time for the logs.
+:meth:`RemoteServer.call` is a plain blocking exchange driven from the training thread: it
+sends the deferred ops plus the ones given (typed messages of
+:mod:`lightning_split.transport.messages`) and returns their checked replies. A pipelined
+step (micro-batches) sends ahead instead: :meth:`RemoteServer.submit` returns at once and
+the reply is read beside the training thread (:mod:`lightning_split.transport.inflight`).
+The connection counts bytes and wire time for the logs and can emulate a slower link
+(:mod:`lightning_split.transport.emulator`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from websockets.sync.client import ClientConnection, connect
 
 from lightning_split.planning.profile import Link
 from lightning_split.transport import messages, protocol, wire
+from lightning_split.transport.emulator import LinkEmulator
+from lightning_split.transport.errors import ConnectionFailed
+from lightning_split.transport.inflight import InFlight, Reply
+
+__all__ = ["TOKEN_ENV", "ConnectionFailed", "LinkEmulator", "RemoteServer", "Reply", "Traffic"]
 
 TOKEN_ENV = "LIGHTNING_SPLIT_TOKEN"
 log = logging.getLogger("lightning_split.transport.client")
@@ -33,10 +40,6 @@ log = logging.getLogger("lightning_split.transport.client")
 # websockets 17.1 deprecates using connect()'s result outside a ``with`` block unless asked
 # for with ``legacy=True`` (older versions have no such flag, and connect directly)
 _DIRECT_CONNECT = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
-
-
-class ConnectionFailed(ConnectionError):
-    """The server could not be reached or refused the handshake; says which and what to do."""
 
 
 class _Unreachable(ConnectionFailed):
@@ -59,27 +62,6 @@ class Traffic:
     def since(self, earlier: Traffic) -> Traffic:
         """The difference of two snapshots (what one step or one log interval cost)."""
         return Traffic(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)})
-
-
-class LinkEmulator:
-    """Makes a fast connection behave like a slower link, for experiments on one machine.
-
-    Before a request goes out it waits half the round-trip time plus the request's bytes at
-    the uplink rate; after a reply arrives it waits the other half plus the reply's bytes at
-    the downlink rate. The server computes meanwhile only on what it has received, so a step
-    costs what the cost model says a link of that speed costs (on top of the real link).
-    """
-
-    def __init__(self, link: Link, sleep: Any = time.sleep) -> None:
-        link.validate()
-        self.link = link
-        self._sleep = sleep
-
-    def before_send(self, nbytes: int) -> None:
-        self._sleep(self.link.rtt_s / 2 + nbytes / self.link.uplink_bytes_per_s)
-
-    def after_receive(self, nbytes: int) -> None:
-        self._sleep(self.link.rtt_s / 2 + nbytes / self.link.downlink_bytes_per_s)
 
 
 class RemoteServer:
@@ -120,6 +102,7 @@ class RemoteServer:
         self.reconnects = 0
         self._lock = threading.Lock()
         self._socket: ClientConnection | None = None
+        self._in_flight = InFlight(self)
 
     def connect(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -169,7 +152,9 @@ class RemoteServer:
         Each reply is the op's ``reply`` class (``None`` for ops without one), checked.
         A dropped connection is retried for ``retry_for`` seconds; the request is identified
         by its sequence number, so it is applied exactly once however often it is sent.
+        Requests submitted before are answered first.
         """
+        self._in_flight.drain()
         with self._lock:
             if self._socket is None:
                 self.connect()
@@ -193,6 +178,15 @@ class RemoteServer:
                     self.session_id = None
             return results
 
+    def submit(self, ops: Sequence[messages.Op]) -> Reply:
+        """Send the deferred ops and ``ops`` without waiting; :meth:`Reply.result` gives the replies to ``ops``.
+
+        For forward and backward ops of a pipelined step: requests go out in the order they
+        are submitted, and the server answers them in that order. A dropped connection is
+        recovered (as by :meth:`call`) when the server lost at most one of the replies.
+        """
+        return self._in_flight.submit(list(ops))
+
     def _exchange(self, data: bytes) -> bytes:
         """One request, one reply, over the current socket (through the link emulator if any)."""
         assert self._socket is not None
@@ -201,13 +195,14 @@ class RemoteServer:
         self._socket.send(data)
         try:
             reply = self._socket.recv(timeout=self.timeout)
+            received = time.perf_counter()
         except TimeoutError as exc:
             raise ConnectionFailed(
                 f"the server at {self.url} did not answer within {self.timeout:.0f} s; it may be overloaded "
                 "or stuck: check its log, or raise SplitStrategy(timeout=...)"
             ) from exc
         if self.emulator is not None:
-            self.emulator.after_receive(len(reply))
+            self.emulator.after_receive(len(reply), received)
         if isinstance(reply, str):
             raise protocol.ProtocolError("text reply received; the protocol uses binary messages only")
         return reply
@@ -267,6 +262,8 @@ class RemoteServer:
             self._socket = None
 
     def close(self) -> None:
+        self._in_flight.drain()
+        self._in_flight.close()
         with self._lock:
             if self._socket is not None:
                 self._socket.close()

@@ -1,6 +1,7 @@
-"""The errors of the protocol, one module below the messages and the protocol that raise them.
+"""The errors of the protocol and the connection, one module below the modules that raise them.
 
-:mod:`lightning_split.transport.protocol` re-exports them; import them from there.
+:mod:`lightning_split.transport.protocol` re-exports the protocol's, and
+:mod:`lightning_split.transport.client` :class:`ConnectionFailed`; import them from there.
 """
 
 from __future__ import annotations
@@ -35,3 +36,7 @@ class RemoteError(RuntimeError):
         super().__init__(f"server error ({kind}): {message}")
         self.kind = kind
         self.message = message
+
+
+class ConnectionFailed(ConnectionError):
+    """The server could not be reached or refused the handshake; says which and what to do."""

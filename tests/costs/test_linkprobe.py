@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lightning_split.costs.linkprobe import MIN_PROBE_BYTES, measure_link
+from lightning_split.costs.linkprobe import MIN_PROBE_BYTES, measure_link, message_s
 from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.transport.client import RemoteServer
 
@@ -44,3 +44,21 @@ def test_measure_link_pads_tiny_probes(embedded: EmbeddedServer) -> None:
     # 3 rounds (one untimed) carry a padded upload and a padded reply each
     assert remote.traffic.bytes_up >= 3 * MIN_PROBE_BYTES
     assert remote.traffic.bytes_down >= 3 * MIN_PROBE_BYTES
+
+
+def test_message_s_is_the_cost_of_one_more_message_in_flight(embedded: EmbeddedServer) -> None:
+    """Pings in flight overlap their emulated 40 ms round trips, so one more costs far less than a round trip.
+
+    If the probe waited for each reply, every ping would add at least the 40 ms the emulator
+    sleeps (a sleep never undershoots); in flight, one more ping adds only its own handling.
+    """
+    remote = RemoteServer(embedded.url, link_limit="1000mbit,40ms")
+    try:
+        link = measure_link(remote, 10, 10, repeats=2)
+        serial = message_s(remote, link.rtt_s, repeats=1, in_flight=2)
+    finally:
+        remote.close()
+    assert link.rtt_s >= 0.040
+    assert link.message_s is not None and 0 <= link.message_s < 0.040
+    assert 0 <= serial < 0.040
+    assert link.to_json()["message_s"] == link.message_s
