@@ -270,7 +270,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(outcome.to_json()))
     else:
-        print(render_plan(profile, result, against, title=title))
+        print(render_plan(profile, result, against, title=title, options=outcome.extra))
     return 0
 
 

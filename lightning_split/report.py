@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from lightning_split.planning.constraints import privacy_line
+from lightning_split.planning.pipelined import CODEC_RATIOS
 from lightning_split.planning.planner import Plan
 from lightning_split.planning.profile import Link, NodeCost, Profile
 from lightning_split.planning.units import format_bytes
@@ -52,7 +54,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
     return lines
 
 
-def render_plan(profile: Profile, plan: Plan, baselines: Mapping[str, float], title: str | None = None) -> str:
+def _crossing_lines(profile: Profile, plan: Plan, options: Mapping[str, object]) -> list[str]:
+    """What the codec puts on the wire, and whether a raw input crosses (only with a server part)."""
+    if not plan.server:
+        return []
+    lines = []
+    codec = str(options.get("codec", "none"))
+    if codec != "none" and codec in CODEC_RATIOS:
+        nodes = {node.name: node for node in profile.nodes}
+        crossing = sum(nodes[cut].out_bytes for cut in plan.cut)
+        ratio = CODEC_RATIOS[codec]
+        lines.append(
+            f"Codec {codec} (lossy): {ratio:g} of the raw bytes on the wire, {format_bytes(crossing * ratio)} "
+            "of cut tensors per step each way"
+        )
+    lines.append(privacy_line(profile, plan.device, bool(options.get("private_inputs", True))))
+    return lines
+
+
+def render_plan(
+    profile: Profile,
+    plan: Plan,
+    baselines: Mapping[str, float],
+    title: str | None = None,
+    options: Mapping[str, object] | None = None,
+) -> str:
     """Render a plan as a plain-text report.
 
     Sections: what was planned (model or profile name, node count, link, how many nodes run
@@ -66,6 +92,8 @@ def render_plan(profile: Profile, plan: Plan, baselines: Mapping[str, float], ti
         baselines: ``{"device_only": s, "server_only": s, "best_layerwise": s}`` as returned by
             :func:`lightning_split.planning.planner.baselines`; unknown keys are shown under their own name.
         title: what was planned; defaults to the profile's ``model`` or ``name`` field.
+        options: the plan's ``codec`` and ``private_inputs`` (``PlanOutcome.extra``): the report
+            then says how many bytes the codec puts on the wire and whether any raw input crosses.
 
     Returns:
         The report, lines joined by ``\\n``, without a trailing newline.
@@ -104,6 +132,7 @@ def render_plan(profile: Profile, plan: Plan, baselines: Mapping[str, float], ti
             f"{output} ({_format_shape(nodes[output])}, {format_bytes(nodes[output].out_bytes)})" for output in returned
         )
         lines.append(f"Model outputs sent back to the device: {listed}")
+    lines += _crossing_lines(profile, plan, options or {})
 
     lines.append("")
     terms = plan.breakdown

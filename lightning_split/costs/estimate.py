@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from lightning_split.costs.memory import estimated_footprint
 from lightning_split.graph.capture import TracedModel
 from lightning_split.graph.metadata import tensors
 from lightning_split.planning.profile import Link, NodeCost, Profile
@@ -77,7 +78,8 @@ def estimate_profile(
 
     Returns:
         A validated :class:`Profile` whose nodes carry ``op``, ``target``, ``module``,
-        ``flops``, ``param_bytes`` and ``shape`` as extra fields, and whose ``extra`` holds
+        ``flops``, ``param_bytes``, ``device_mem_bytes`` (estimated from tensor sizes, see
+        :mod:`lightning_split.costs.memory`) and ``shape`` as extra fields, and whose ``extra`` holds
         the batch size, both throughputs, ``estimated: True`` and the graph fingerprint.
     """
     for label, value in (("device_gflops", device_gflops), ("server_gflops", server_gflops)):
@@ -96,6 +98,7 @@ def estimate_profile(
             "module": info.module_path,
             "flops": info.flops,
             "param_bytes": info.param_bytes,
+            "device_mem_bytes": estimated_footprint(info.param_bytes, info.out_bytes),
             "shape": next((list(t.shape) for t in tensors(info.out_meta)), None),
         }
         if info.op == "placeholder":

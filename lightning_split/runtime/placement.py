@@ -32,6 +32,7 @@ from lightning_split.planning import planner
 from lightning_split.planning.profile import DEFAULT_LINK, Link, Profile
 from lightning_split.planning.units import format_bytes
 from lightning_split.runtime.metrics import link_metrics
+from lightning_split.runtime.options import PlanOptions, with_trace_fields
 
 LinkSource = Callable[[TracedModel], Link]
 
@@ -89,6 +90,7 @@ class Placement:
     pin_device: tuple[str, ...] = ()
     pin_server: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    options: PlanOptions = field(default_factory=PlanOptions)
 
     @property
     def graph_module(self) -> fx.GraphModule:
@@ -109,7 +111,7 @@ class Placement:
             raise SplitError(f"a plan from {self.source} has no cost profile and cannot be re-planned; use cut='auto'")
         profile = self.profile.with_link(link)
         best, pins = _plan_keeping_tied_tensors(
-            self.graph_module, profile, self.method, set(self.pin_device), set(self.pin_server)
+            self.graph_module, profile, self.method, set(self.pin_device), set(self.pin_server), self.options
         )
         return dataclasses.replace(
             self,
@@ -132,7 +134,7 @@ class Placement:
         if self.profile is None:
             return None
         device = [n.name for n in self.profile.nodes if n.name not in set(self.spec.server_nodes)]
-        return planner.step_time(self.profile, device).total
+        return self.options.step_time(self.profile, device)
 
     def describe(self) -> str:
         """A readable multi-line account of the plan."""
@@ -143,6 +145,8 @@ class Placement:
             lines.append("  everything runs on the device (the server is not used)")
         for name, shape, size in self.cut_rows():
             lines.append(f"  cut tensor {name:<28} {shape:<22} {format_bytes(size):>10}")
+        if n_server:
+            lines.append(f"  codec {self.options.codec}; " + self.options.privacy(self.traced, self.spec))
         predicted = self.predicted_step_s()
         if predicted is not None and self.profile is not None:
             how = self.notes.get("link", "given")
@@ -198,6 +202,7 @@ def place_model(
     method: str = "blockwise",
     traced: TracedBatch | None = None,
     notes: Mapping[str, Any] | None = None,
+    options: PlanOptions | None = None,
 ) -> Placement:
     """Trace ``module`` on a batch and choose where each node runs.
 
@@ -216,7 +221,10 @@ def place_model(
         method: planner method.
         traced: a trace of this call made earlier (it is not traced again).
         notes: how costs and link were obtained, for the log (see :attr:`Placement.notes`).
+        options: codec, private inputs and memory budget (:class:`~lightning_split.runtime.options.PlanOptions`):
+            ``"auto"`` plans with them, a user cut is checked against them.
     """
+    options = options or PlanOptions()
     batch = traced if traced is not None else trace_batch(module, args, kwargs, leaf_modules)
     gm = batch.traced.graph_module
     if cut != "auto":
@@ -230,7 +238,8 @@ def place_model(
                 f"{server_users} both use it. Cut after its last use, or use cut='auto' "
                 "(it keeps tied tensors on one side)"
             )
-        return Placement(batch.traced, spec, f"cut={','.join(names)}", example=batch.example)
+        options.check_cut(batch.traced, spec, names)
+        return Placement(batch.traced, spec, f"cut={','.join(names)}", example=batch.example, options=options)
 
     if isinstance(link, str):
         link = Link.parse(link)
@@ -238,9 +247,9 @@ def place_model(
         link = link(batch.traced)
     link = link or DEFAULT_LINK
     builder = profile_builder or EstimatedCosts()
-    profile = builder(batch.traced, link)
+    profile = with_trace_fields(builder(batch.traced, link), batch.traced)
     notes = {**getattr(builder, "notes", {}), **dict(notes or {})}
-    best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server))
+    best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server), options)
     return Placement(
         batch.traced,
         make_spec(gm, best.server),
@@ -254,14 +263,21 @@ def place_model(
         tuple(pin_device),
         tuple(pin_server),
         notes,
+        options,
     )
 
 
 def _plan_keeping_tied_tensors(
-    gm: fx.GraphModule, profile: Profile, method: str, pin_device: set[str], pin_server: set[str]
+    gm: fx.GraphModule,
+    profile: Profile,
+    method: str,
+    pin_device: set[str],
+    pin_server: set[str],
+    options: PlanOptions | None = None,
 ) -> tuple[planner.Plan, dict[str, str]]:
-    """Plan; if a tensor ends up used on both sides, try each side for each such tensor."""
-    best = planner.plan(profile, method, pin_device, pin_server)
+    """Plan (under ``options``); if a tensor ends up used on both sides, try each side for each such tensor."""
+    solve = (options or PlanOptions()).plan
+    best = solve(profile, method, pin_device, pin_server)
     shared = shared_across(gm, make_spec(gm, best.server))
     if not shared:
         return best, {}
@@ -273,7 +289,7 @@ def _plan_keeping_tied_tensors(
         extra_device = {n for group, side in zip(groups, sides) if side == "device" for n in group}
         extra_server = {n for group, side in zip(groups, sides) if side == "server" for n in group}
         try:
-            candidate = planner.plan(profile, method, pin_device | extra_device, pin_server | extra_server)
+            candidate = solve(profile, method, pin_device | extra_device, pin_server | extra_server)
         except planner.PlanningError:
             continue
         if shared_across(gm, make_spec(gm, candidate.server)):

@@ -38,6 +38,7 @@ from lightning_split.graph.programs import SplitSpec
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
+from lightning_split.runtime.options import PlanOptions
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
 from lightning_split.serve.embedded import EmbeddedServer
@@ -92,6 +93,15 @@ class SplitStrategy(SingleDeviceStrategy):
             with the same node costs; when the optimal placement changes, the boundary moves
             before the next training batch (parameters, buffers and optimizer state of the
             nodes that change sides migrate). ``None``: plan once. Needs ``cut="auto"``.
+        codec: how the tensors that cross the cut are written, both ways (activations and
+            outputs, their gradients): ``"none"`` (exact), or the lossy ``"fp16"``, ``"bf16"``,
+            ``"int8"`` (or one registered with :func:`lightning_split.register_codec`). The
+            planner scales the crossing bytes by the codec's ratio.
+        private_inputs: keep the model's inputs, and anything computed from them without a
+            device-side parameter, off the wire (the default); a ``cut`` that would send one is
+            refused before the first step. ``False`` lifts the constraint.
+        device_memory: the device part's training footprint (parameters, gradients, optimizer
+            state, saved activations) must fit: bytes or text like ``"2GB"``; ``None``: no budget.
     """
 
     strategy_name = "split"
@@ -118,6 +128,9 @@ class SplitStrategy(SingleDeviceStrategy):
         probe_bytes: int | None = None,
         probe_repeats: int = 5,
         replan_every: int | None = None,
+        codec: str = "none",
+        private_inputs: bool = True,
+        device_memory: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, **kwargs)
@@ -146,6 +159,7 @@ class SplitStrategy(SingleDeviceStrategy):
         self.probe_bytes = probe_bytes
         self.probe_repeats = probe_repeats
         self.replan_every = replan_every
+        self.options = PlanOptions.of(codec, private_inputs, device_memory)
         self.runtime: SplitRuntime | None = None
         self.plan: Placement | None = None
         self.placements: list[SplitSpec] = []
@@ -281,6 +295,7 @@ class SplitStrategy(SingleDeviceStrategy):
             profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
+            options=self.options,
         )
         if self.cut == "auto":
             self.plan.notes["plan_s"] = time.perf_counter() - link_started
@@ -290,7 +305,7 @@ class SplitStrategy(SingleDeviceStrategy):
             self.plan.graph_module,
             self.plan.spec,
             remote,
-            description.to_wire(),
+            {**description.to_wire(), "codec": self.options.codec},
             self.release_server_state,
             graph_args=self.plan.traced.graph_args,
         )
