@@ -16,6 +16,7 @@ inputs are enforced even on a profile file of the 0.1 format.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from lightning_split.planning.pipelined import pipelined_step_time
 from lightning_split.planning.profile import DEFAULT_LINK, Profile
 from lightning_split.planning.units import format_bytes, parse_bytes
 from lightning_split.transport.codecs import get_codec
+from lightning_split.transport.coding import measure_codec_s_per_byte
 
 __all__ = ["PlanOptions", "with_trace_fields"]
 
@@ -64,7 +66,15 @@ class PlanOptions:
         return cls(codec, private_inputs, budget)
 
     def plan(self, profile: Profile, method: str, pin_device: Iterable[str], pin_server: Iterable[str]) -> planner.Plan:
-        """The best placement of ``profile`` under these options (``PlanningError`` if none is feasible)."""
+        """The best placement of ``profile`` under these options (``PlanningError`` if none is feasible).
+
+        A lossy codec's encode and decode time is measured here (once per process) and charged
+        per byte with each transfer, unless the profile already states it (``codec_s_per_byte``).
+        """
+        costs = dict(profile.extra.get("codec_s_per_byte") or {})
+        if self.codec != "none" and self.codec not in costs:
+            costs[self.codec] = _codec_s_per_byte(self.codec)
+            profile = dataclasses.replace(profile, extra={**profile.extra, "codec_s_per_byte": costs})
         outcome = plan_with_options(
             profile,
             method,
@@ -138,6 +148,12 @@ def with_trace_fields(profile: Profile, traced: TracedModel) -> Profile:
             changes["device_mem_bytes"] = estimated_footprint(info.param_bytes, info.out_bytes)
         nodes.append(dataclasses.replace(node, **changes) if changes else node)
     return dataclasses.replace(profile, nodes=nodes)
+
+
+@functools.cache
+def _codec_s_per_byte(codec: str) -> float:
+    """Seconds to encode and decode one raw byte with ``codec`` on this machine (the server is taken as alike)."""
+    return measure_codec_s_per_byte(get_codec(codec))
 
 
 def _ancestors(profile: Profile, names: set[str]) -> set[str]:

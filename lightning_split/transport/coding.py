@@ -148,7 +148,7 @@ def _map_tensors(value: Any, function: Callable[[Tensor], Tensor]) -> Any:
     return value
 
 
-def measure_codec_s_per_byte(codec: Codec, numel: int = 1 << 16, repeats: int = 5) -> float:
+def measure_codec_s_per_byte(codec: Codec, numel: int = 1 << 15, repeats: int = 10) -> float:
     """Seconds to encode and decode one raw float32 byte with ``codec`` here (best of ``repeats``)."""
     if codec.name == "none":
         return 0.0
