@@ -28,6 +28,7 @@ from lightning_split.graph.programs import (
     device_program,
     used_state,
 )
+from lightning_split.runtime.precision import autocast_dtype
 from lightning_split.transport import messages
 from lightning_split.transport.client import RemoteServer, Traffic
 from lightning_split.transport.optimizers import describe_optimizer, is_mirrorable, wire_hyperparameters
@@ -307,6 +308,7 @@ class SplitRuntime:
             grad=grad,
             rng=None if same else rng,  # unchanged since the server returned it: the server has it
             rng_same=same,
+            autocast=autocast_dtype(_first_device(values)),
         )
         (result,) = self.remote.call([op])
         if result.rng is not None:

@@ -40,6 +40,7 @@ from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.options import PlanOptions
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
+from lightning_split.runtime.precision import check_precision
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
 from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.serve.host import ModelHost
@@ -189,6 +190,7 @@ class SplitStrategy(SingleDeviceStrategy):
 
     @override
     def setup(self, trainer: Any) -> None:
+        check_precision(self.precision_plugin)
         super().setup(trainer)
         module = self.lightning_module
         assert module is not None
@@ -387,7 +389,8 @@ class SplitStrategy(SingleDeviceStrategy):
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
-        strategy_registry.register(cls.strategy_name, cls, description="split learning over websockets")
+        for name in STRATEGY_NAMES:
+            strategy_registry.register(name, cls, description="split learning over websockets", override=True)
 
 
 def _as_link(link: str | Link | None) -> Link | None:
@@ -433,4 +436,9 @@ def _embedded_factory(module: nn.Module) -> Any:
     return factory
 
 
-StrategyRegistry.register(SplitStrategy.strategy_name, SplitStrategy, description="split learning over websockets")
+#: the names ``Trainer(strategy=...)`` accepts for this strategy: ``"split"`` and the class paths, as
+#: LightningCLI passes ``--trainer.strategy=lightning_split.SplitStrategy`` on as a string (which
+#: Lightning lower-cases before it looks the name up).
+STRATEGY_NAMES = ("split", "lightning_split.splitstrategy", "lightning_split.runtime.strategy.splitstrategy")
+
+SplitStrategy.register_strategies(StrategyRegistry)
