@@ -11,9 +11,9 @@ SGD with momentum, 0 for plain SGD; 2 when the optimizer is not known, which err
 of fitting.) The node's output stands for what it saves for backward. A parameter read by two
 nodes is counted by both, which overestimates: a budget that the estimate meets is met.
 
-On a CUDA device :func:`measured_activation_bytes` measures the saved activations instead:
-the memory each node leaves allocated after a forward with autograd on, which is what the
-backward keeps alive.
+With a budget to meet, :func:`measured_saved_bytes` measures the saved activations instead of
+taking the output for them: the tensors autograd saves for each node's backward, on one forward
+(``device_mem_bytes`` is then ``param_bytes * (2 + slots)`` plus those).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import fx
 
 from lightning_split.graph.capture import TracedModel
 
-__all__ = ["DEFAULT_OPTIMIZER_SLOTS", "estimated_footprint", "measured_activation_bytes", "optimizer_slots"]
+__all__ = ["DEFAULT_OPTIMIZER_SLOTS", "estimated_footprint", "footprints", "measured_saved_bytes", "optimizer_slots"]
 
 DEFAULT_OPTIMIZER_SLOTS = 2
 _SLOTS = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "Adagrad": 1, "RMSprop": 1, "Adadelta": 2}
@@ -50,30 +50,40 @@ def estimated_footprint(param_bytes: int, out_bytes: int, slots: int = DEFAULT_O
     return int(param_bytes) * (2 + int(slots)) + int(out_bytes)
 
 
-def measured_activation_bytes(traced: TracedModel, args: Sequence[Any], device: torch.device) -> dict[str, int] | None:
-    """Bytes each node leaves allocated on a CUDA ``device`` after a forward with autograd on (``None`` elsewhere).
+def measured_saved_bytes(traced: TracedModel, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, int]:
+    """Bytes of the tensors autograd saves for backward in each node, measured on one forward (any device).
 
-    The graph runs node by node (an fx interpreter); the growth of ``torch.cuda.memory_allocated``
-    across a node is what its output and the tensors saved for its backward take.
+    The graph runs node by node (an fx interpreter) under ``saved_tensors_hooks``: every tensor
+    a node's forward saves for its backward is counted once (by address and size), parameters excepted
+    (they are ``param_bytes``). The module's buffers (BatchNorm statistics) and the random
+    state are restored afterwards, so the measurement leaves training exactly as it was.
     """
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
     gm = traced.graph_module
     names = {info.name for info in traced.nodes}
-    grown: dict[str, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in gm.parameters()}
+    saved: dict[str, dict[tuple[int, int], int]] = {}
+    current: list[str] = [""]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in params:
+            key = (tensor.data_ptr(), tensor.numel())
+            saved.setdefault(current[0], {})[key] = tensor.numel() * tensor.element_size()
+        return tensor
 
     class _Meter(fx.Interpreter):
         def run_node(self, node: fx.Node) -> Any:
-            before = torch.cuda.memory_allocated(device)
-            result = super().run_node(node)
-            if node.name in names:
-                grown[node.name] = max(0, torch.cuda.memory_allocated(device) - before)
-            return result
+            current[0] = node.name
+            return super().run_node(node)
 
-    inputs = [a.to(device) if isinstance(a, torch.Tensor) else a for a in traced.graph_args(*args)]
-    with torch.enable_grad():
+    buffers = {key: value.detach().clone() for key, value in gm.named_buffers()}
+    inputs = traced.graph_args(*args, **kwargs)
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), hooks:
         _Meter(gm).run(*inputs)
-    return grown
+    with torch.no_grad():
+        for key, value in gm.named_buffers():
+            value.copy_(buffers[key])
+    return {name: sum(saved.get(name, {}).values()) for name in names}
 
 
 def footprints(traced: TracedModel, slots: int, activations: Mapping[str, int] | None = None) -> dict[str, int]:

@@ -17,11 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lightning_split.costs.estimate import estimate_profile
-from lightning_split.costs.memory import estimated_footprint
+from lightning_split.costs.memory import (
+    DEFAULT_OPTIMIZER_SLOTS,
+    estimated_footprint,
+    footprints,
+    measured_saved_bytes,
+    optimizer_slots,
+)
 from lightning_split.graph.capture import TracedModel
 from lightning_split.graph.programs import SplitError, SplitSpec
 from lightning_split.planning import planner
@@ -44,11 +51,13 @@ class PlanOptions:
         codec: a codec name (:data:`~lightning_split.transport.codecs.CODECS`).
         private_inputs: no raw input, in any form, crosses to the server.
         device_memory: the device part's training footprint in bytes at most (``None``: no budget).
+        optimizer_slots: parameter-sized optimizer state tensors per parameter (2 for Adam).
     """
 
     codec: str = "none"
     private_inputs: bool = True
     device_memory: int | None = None
+    optimizer_slots: int = DEFAULT_OPTIMIZER_SLOTS  # optimizer state tensors per parameter (footprints)
 
     @classmethod
     def of(
@@ -64,6 +73,16 @@ class PlanOptions:
             raise ValueError(f"private_inputs must be True or False, got {private_inputs!r}")
         budget = None if device_memory is None else parse_bytes(device_memory)
         return cls(codec, private_inputs, budget)
+
+    def for_optimizers(self, optimizers: Sequence[Any]) -> PlanOptions:
+        """The same options with the optimizer state of ``optimizers`` in the footprints."""
+        return dataclasses.replace(self, optimizer_slots=optimizer_slots(optimizers))
+
+    def footprints(self, traced: TracedModel, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, int] | None:
+        """Measured ``device_mem_bytes`` per node when there is a budget to meet (``None`` otherwise)."""
+        if self.device_memory is None:
+            return None
+        return footprints(traced, self.optimizer_slots, measured_saved_bytes(traced, args, kwargs))
 
     def plan(self, profile: Profile, method: str, pin_device: Iterable[str], pin_server: Iterable[str]) -> planner.Plan:
         """The best placement of ``profile`` under these options (``PlanningError`` if none is feasible).
@@ -90,14 +109,16 @@ class PlanOptions:
         """Predicted step time of a placement with this codec (section 1b of the spec, one micro-batch)."""
         return pipelined_step_time(profile, device, 1, self.codec).total
 
-    def check_cut(self, traced: TracedModel, spec: SplitSpec, cut: list[str]) -> None:
+    def check_cut(
+        self, traced: TracedModel, spec: SplitSpec, cut: list[str], memory: Mapping[str, int] | None = None
+    ) -> None:
         """Refuse a user cut that sends a raw tensor or does not fit the budget (before the first step).
 
         Raises:
             SplitError: naming the raw tensor and its server consumer, or the footprint, the
                 budget and the smallest footprint that fits.
         """
-        profile = estimate_profile(traced, DEFAULT_LINK)
+        profile = with_trace_fields(estimate_profile(traced, DEFAULT_LINK), traced, memory)
         server = set(spec.server_nodes)
         device = [name for name in profile.names if name not in server]
         if self.private_inputs:
@@ -135,19 +156,26 @@ class PlanOptions:
         return device_footprint(profile, closed)
 
 
-def with_trace_fields(profile: Profile, traced: TracedModel) -> Profile:
-    """``profile`` with ``param_bytes`` and ``device_mem_bytes`` from the trace wherever it has none."""
+def with_trace_fields(profile: Profile, traced: TracedModel, memory: Mapping[str, int] | None = None) -> Profile:
+    """``profile`` with ``param_bytes`` from the trace wherever it has none, and ``device_mem_bytes``.
+
+    ``memory`` (measured footprints, :meth:`PlanOptions.footprints`) replaces every node's
+    ``device_mem_bytes``; without it a node that has none gets the estimate from tensor sizes.
+    """
     infos = {info.name: info for info in traced.nodes}
     nodes = []
     for node in profile.nodes:
         info = infos.get(node.name)
-        changes = {}
+        changes: dict[str, Any] = {}
         if info is not None and node.param_bytes is None:
             changes["param_bytes"] = info.param_bytes
-        if info is not None and node.device_mem_bytes is None:
+        if memory is not None and node.name in memory:
+            changes["device_mem_bytes"] = int(memory[node.name])
+        elif info is not None and node.device_mem_bytes is None:
             changes["device_mem_bytes"] = estimated_footprint(info.param_bytes, info.out_bytes)
         nodes.append(dataclasses.replace(node, **changes) if changes else node)
-    return dataclasses.replace(profile, nodes=nodes)
+    extra = {**profile.extra, "device_mem_source": "measured saved tensors"} if memory is not None else profile.extra
+    return dataclasses.replace(profile, nodes=nodes, extra=extra)
 
 
 @functools.cache

@@ -227,6 +227,7 @@ def place_model(
     options = options or PlanOptions()
     batch = traced if traced is not None else trace_batch(module, args, kwargs, leaf_modules)
     gm = batch.traced.graph_module
+    memory = options.footprints(batch.traced, args, kwargs)
     if cut != "auto":
         names = [cut] if isinstance(cut, str) else list(cut)
         spec = device_spec_from_cut(gm, names)
@@ -238,7 +239,7 @@ def place_model(
                 f"{server_users} both use it. Cut after its last use, or use cut='auto' "
                 "(it keeps tied tensors on one side)"
             )
-        options.check_cut(batch.traced, spec, names)
+        options.check_cut(batch.traced, spec, names, memory)
         return Placement(batch.traced, spec, f"cut={','.join(names)}", example=batch.example, options=options)
 
     if isinstance(link, str):
@@ -247,7 +248,7 @@ def place_model(
         link = link(batch.traced)
     link = link or DEFAULT_LINK
     builder = profile_builder or EstimatedCosts()
-    profile = with_trace_fields(builder(batch.traced, link), batch.traced)
+    profile = with_trace_fields(builder(batch.traced, link), batch.traced, memory)
     notes = {**getattr(builder, "notes", {}), **dict(notes or {})}
     best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server), options)
     return Placement(

@@ -297,7 +297,7 @@ class SplitStrategy(SingleDeviceStrategy):
             profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
-            options=self.options,
+            options=self.options.for_optimizers(self.optimizers),
         )
         if self.cut == "auto":
             self.plan.notes["plan_s"] = time.perf_counter() - link_started

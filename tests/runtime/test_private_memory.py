@@ -61,7 +61,7 @@ def test_auto_keeps_the_raw_input_on_the_device_and_the_log_says_so(mlp_server):
 
 
 def test_the_memory_budget_is_respected_and_a_budget_too_small_names_the_smallest_footprint(mlp_server):
-    _, unbounded = _fit(mlp_server.url, plan_link=SLOW)
+    _, unbounded = _fit(mlp_server.url, plan_link=SLOW, device_memory="1GB")  # a budget measures the footprints
     assert not unbounded.plan.spec.server_nodes  # on this link the device keeps everything...
     profile = unbounded.plan.profile
     everything = device_footprint(profile, profile.names)
@@ -82,3 +82,30 @@ def test_a_user_cut_over_the_budget_is_refused(mlp_server):
 def _device(strategy: SplitStrategy) -> list[str]:
     server = set(strategy.plan.spec.server_nodes)
     return [name for name in strategy.plan.profile.names if name not in server]
+
+
+def test_footprints_with_a_budget_are_measured_and_the_measurement_leaves_training_as_it_was():
+    from lightning_split.costs.memory import measured_saved_bytes
+    from lightning_split.graph.capture import trace_module
+    from tests.models import DagNet, digits
+
+    torch.manual_seed(0)
+    model = DagNet(dropout=0.5)
+    images = digits(32).tensors[0]
+    traced = trace_module(model, (images,), {})
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    saved = measured_saved_bytes(traced, (images,), {})
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(torch.equal(state[key], value) for key, value in model.state_dict().items())  # BatchNorm stats too
+    assert saved["x"] == 0 and saved["stem_0"] == images.numel() * 4  # the conv saves its input, not the weight
+    assert saved["stem_2"] == 32 * 8 * 8 * 8 * 4  # ReLU saves its output
+
+
+def test_with_a_budget_the_profile_records_measured_device_mem_bytes(mlp_server):
+    _, strategy = _fit(mlp_server.url, plan_link=SLOW, device_memory="1GB")
+    profile = strategy.plan.profile
+    assert profile.extra["device_mem_source"] == "measured saved tensors"
+    l1 = next(node for node in profile.nodes if node.name == "l1")
+    params = (64 * 256 + 256) * 4
+    assert l1.device_mem_bytes == params * (2 + 2) + 32 * 64 * 4  # Adam: 2 slots; l1 saves its (batch 32) input
