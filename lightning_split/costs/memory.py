@@ -1,19 +1,11 @@
-"""The device's training footprint of each node (``device_mem_bytes``), for a device memory budget.
+"""Measured device training footprints (``device_mem_bytes``), for a device memory budget.
 
-A node on the device holds, while a step trains: its parameters and their gradients, the
-optimizer's state for them, and the activations autograd saves for backward. Without a
-measurement the footprint is estimated from tensor sizes::
-
-    device_mem_bytes = param_bytes * (2 + optimizer_slots) + out_bytes
-
-(``optimizer_slots`` tensors of the parameters' size per parameter: 2 for Adam and AdamW, 1 for
-SGD with momentum, 0 for plain SGD; 2 when the optimizer is not known, which errs on the side
-of fitting.) The node's output stands for what it saves for backward. A parameter read by two
-nodes is counted by both, which overestimates: a budget that the estimate meets is met.
-
-With a budget to meet, :func:`measured_saved_bytes` measures the saved activations instead of
-taking the output for them: the tensors autograd saves for each node's backward, on one forward
-(``device_mem_bytes`` is then ``param_bytes * (2 + slots)`` plus those).
+The estimate from tensor sizes is :mod:`lightning_split.planning.memory`'s: a node's footprint
+is ``(2 + optimizer_slots) x param_bytes + saved``, ``saved`` estimated as its output. Where a
+budget has to be met, :func:`measured_saved_bytes` measures ``saved`` instead: the tensors
+autograd saves for each node's backward, on one forward (any device), and :func:`footprints`
+puts them into the same formula. :func:`optimizer_slots` reads the slots off the training's
+optimizers (2 for Adam, 1 for SGD with momentum, 0 for plain SGD).
 """
 
 from __future__ import annotations
@@ -25,10 +17,9 @@ import torch
 from torch import fx
 
 from lightning_split.graph.capture import TracedModel
+from lightning_split.planning.memory import DEFAULT_OPTIMIZER_SLOTS, node_training_bytes
 
-__all__ = ["DEFAULT_OPTIMIZER_SLOTS", "estimated_footprint", "footprints", "measured_saved_bytes", "optimizer_slots"]
-
-DEFAULT_OPTIMIZER_SLOTS = 2
+__all__ = ["footprints", "measured_saved_bytes", "optimizer_slots"]
 _SLOTS = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "Adagrad": 1, "RMSprop": 1, "Adadelta": 2}
 
 
@@ -43,11 +34,6 @@ def optimizer_slots(optimizers: Sequence[Any] = ()) -> int:
         else:
             slots.append(_SLOTS.get(name, DEFAULT_OPTIMIZER_SLOTS))
     return max(slots) if slots else DEFAULT_OPTIMIZER_SLOTS
-
-
-def estimated_footprint(param_bytes: int, out_bytes: int, slots: int = DEFAULT_OPTIMIZER_SLOTS) -> int:
-    """``param_bytes * (2 + slots) + out_bytes``: parameters, gradients, optimizer state, saved output."""
-    return int(param_bytes) * (2 + int(slots)) + int(out_bytes)
 
 
 def measured_saved_bytes(traced: TracedModel, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, int]:
@@ -90,6 +76,6 @@ def footprints(traced: TracedModel, slots: int, activations: Mapping[str, int] |
     """``device_mem_bytes`` per node: measured activations where given, output sizes otherwise."""
     saved = activations or {}
     return {
-        info.name: estimated_footprint(info.param_bytes, saved.get(info.name, info.out_bytes), slots)
+        info.name: node_training_bytes(info.param_bytes, saved.get(info.name, info.out_bytes), slots)
         for info in traced.nodes
     }

@@ -385,6 +385,18 @@ class SplitRuntime:
             self.remote.defer(messages.ScaleGrads(optimizer=index, coefficient=coefficient.detach().cpu()))
         return total
 
+    def unscale_server_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> bool:
+        """Unscale the server's gradients of ``optimizer`` (a gradient scaler's ``unscale_``).
+
+        Returns whether any of them is infinite or NaN, which the scaler must count as its own.
+        """
+        if not (self.is_split and self.remote is not None):
+            return False
+        index = self.index_of(optimizer)
+        self.remote.defer(messages.ScaleGrads(optimizer=index, coefficient=inv_scale.detach().float().cpu()))
+        (reply,) = self.remote.call([messages.GradNorms(optimizer=index, norm_type=float("inf"))])
+        return not all(bool(torch.isfinite(norm)) for norm in reply.norms.values())
+
     def clip_grad_value(self, optimizer: torch.optim.Optimizer, clip_value: float) -> None:
         index = self.index_of(optimizer)
         params = [p for g in self.optimizers[index].param_groups for p in g["params"]]

@@ -22,18 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_split.costs.estimate import estimate_profile
-from lightning_split.costs.memory import (
-    DEFAULT_OPTIMIZER_SLOTS,
-    estimated_footprint,
-    footprints,
-    measured_saved_bytes,
-    optimizer_slots,
-)
+from lightning_split.costs.memory import footprints, measured_saved_bytes, optimizer_slots
 from lightning_split.graph.capture import TracedModel
 from lightning_split.graph.programs import SplitError, SplitSpec
 from lightning_split.planning import planner
 from lightning_split.planning.constrained import plan_with_options, private_input_pins
 from lightning_split.planning.constraints import device_footprint, privacy_line, private_input_violations
+from lightning_split.planning.energy import EnergyModel
+from lightning_split.planning.memory import DEFAULT_OPTIMIZER_SLOTS, node_training_bytes
 from lightning_split.planning.pipelined import pipelined_step_time
 from lightning_split.planning.profile import DEFAULT_LINK, Profile
 from lightning_split.planning.units import format_bytes, parse_bytes
@@ -84,7 +80,15 @@ class PlanOptions:
             return None
         return footprints(traced, self.optimizer_slots, measured_saved_bytes(traced, args, kwargs))
 
-    def plan(self, profile: Profile, method: str, pin_device: Iterable[str], pin_server: Iterable[str]) -> planner.Plan:
+    def plan(
+        self,
+        profile: Profile,
+        method: str,
+        pin_device: Iterable[str],
+        pin_server: Iterable[str],
+        objective: str = "time",
+        energy: EnergyModel | None = None,
+    ) -> planner.Plan:
         """The best placement of ``profile`` under these options (``PlanningError`` if none is feasible).
 
         A lossy codec's encode and decode time is measured here (once per process) and charged
@@ -102,6 +106,8 @@ class PlanOptions:
             device_memory=self.device_memory,
             pin_device=pin_device,
             pin_server=pin_server,
+            objective=objective,
+            energy=energy,
         )
         return outcome.plan
 
@@ -172,7 +178,7 @@ def with_trace_fields(profile: Profile, traced: TracedModel, memory: Mapping[str
         if memory is not None and node.name in memory:
             changes["device_mem_bytes"] = int(memory[node.name])
         elif info is not None and node.device_mem_bytes is None:
-            changes["device_mem_bytes"] = estimated_footprint(info.param_bytes, info.out_bytes)
+            changes["device_mem_bytes"] = node_training_bytes(info.param_bytes, info.out_bytes)
         nodes.append(dataclasses.replace(node, **changes) if changes else node)
     extra = {**profile.extra, "device_mem_source": "measured saved tensors"} if memory is not None else profile.extra
     return dataclasses.replace(profile, nodes=nodes, extra=extra)

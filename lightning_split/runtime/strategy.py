@@ -35,12 +35,13 @@ from typing_extensions import override
 from lightning_split.costs.sources import ProfileBuilder, cost_source
 from lightning_split.graph.describe import ModelDescription
 from lightning_split.graph.programs import SplitSpec
+from lightning_split.planning.energy import OBJECTIVES, EnergyModel
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.options import PlanOptions
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
-from lightning_split.runtime.precision import check_precision
+from lightning_split.runtime.precision import bridge_scaler
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
 from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.serve.host import ModelHost
@@ -81,8 +82,10 @@ class SplitStrategy(SingleDeviceStrategy):
             assumed throughputs), or a ``Profile`` or profile file (its costs, matched by node
             name; a profile of another graph is an error).
         costs_options: options of the cost source: for ``"estimate"`` the keyword arguments
-            of :class:`~lightning_split.runtime.placement.EstimatedCosts` (``device_gflops``,
-            ``server_gflops``, ``backward_factor``, ``min_node_s``); for ``"measure"``
+            of :class:`~lightning_split.costs.sources.EstimatedCosts` (``device`` and ``server``
+            hardware presets, ``{"device": "jetson-nano", "server": "t4"}``, costed by their
+            roofline; or ``device_gflops``, ``server_gflops``, ``backward_factor``,
+            ``min_node_s``); for ``"measure"``
             ``warmup`` and ``repeats`` per node and ``cache`` (a directory, or ``False`` for
             no cache; default: :func:`lightning_split.costs.measure.default_cache_dir`).
         plan_link: the link to plan for, as text or ``Link``; ``None`` (the default) measures
@@ -103,6 +106,13 @@ class SplitStrategy(SingleDeviceStrategy):
             refused before the first step. ``False`` lifts the constraint.
         device_memory: the device part's training footprint (parameters, gradients, optimizer
             state, saved activations) must fit: bytes or text like ``"2GB"``; ``None``: no budget.
+        objective: what ``cut="auto"`` minimises: ``"time"`` (the step time) or ``"energy"``
+            (the device's joules per step: its preset's power over its compute and waiting,
+            plus the radio's energy per byte; :mod:`lightning_split.planning.energy`).
+        energy: the device's power and radio
+            (:class:`~lightning_split.planning.energy.EnergyModel`, e.g.
+            ``EnergyModel.for_device("raspberry-pi-4", "lte")``); default: the device preset of
+            ``costs_options``, else an assumed Jetson Nano over Wi-Fi.
     """
 
     strategy_name = "split"
@@ -132,9 +142,13 @@ class SplitStrategy(SingleDeviceStrategy):
         codec: str = "none",
         private_inputs: bool = True,
         device_memory: int | str | None = None,
+        objective: str = "time",
+        energy: EnergyModel | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, **kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
         if replan_every is not None and (not isinstance(replan_every, int) or replan_every < 1):
             raise ValueError(f"replan_every must be a positive number of optimizer steps or None, got {replan_every!r}")
         if replan_every is not None and cut != "auto":
@@ -161,6 +175,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self.probe_repeats = probe_repeats
         self.replan_every = replan_every
         self.options = PlanOptions.of(codec, private_inputs, device_memory)
+        self.objective = objective
+        self.energy = energy
         self.runtime: SplitRuntime | None = None
         self.plan: Placement | None = None
         self.placements: list[SplitSpec] = []
@@ -190,7 +206,6 @@ class SplitStrategy(SingleDeviceStrategy):
 
     @override
     def setup(self, trainer: Any) -> None:
-        check_precision(self.precision_plugin)
         super().setup(trainer)
         module = self.lightning_module
         assert module is not None
@@ -202,6 +217,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self._restore.append(
             lambda: [plugin.__dict__.pop(n, None) for n in ("clip_grad_by_norm", "clip_grad_by_value")]
         )
+        if getattr(plugin, "scaler", None) is not None:
+            self._restore.append(bridge_scaler(plugin.scaler, self._unscale_server_grads))
         for optimizer in self.optimizers:
             handle = optimizer.register_step_post_hook(self._after_step)
             self._restore.append(handle.remove)
@@ -298,6 +315,8 @@ class SplitStrategy(SingleDeviceStrategy):
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
             options=self.options.for_optimizers(self.optimizers),
+            objective=self.objective,
+            energy=self.energy,
         )
         if self.cut == "auto":
             self.plan.notes["plan_s"] = time.perf_counter() - link_started
@@ -379,6 +398,9 @@ class SplitStrategy(SingleDeviceStrategy):
             torch.nn.utils.clip_grad_norm_(self.precision_plugin.main_params(optimizer), clip_val)
         else:
             self.runtime.clip_grad_norm(optimizer, float(clip_val))
+
+    def _unscale_server_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> bool:
+        return self.runtime is not None and self.runtime.unscale_server_grads(optimizer, inv_scale)
 
     def _clip_grad_by_value(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
         if self.runtime is None:

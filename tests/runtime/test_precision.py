@@ -72,11 +72,34 @@ def test_gpt2_bf16_mixed_cut_mid_network_equals_local():
     assert split.output_types == local.output_types
 
 
-def test_a_gradient_scaler_is_refused_before_training():
-    scaler = torch.amp.GradScaler("cpu")
-    plugin = MixedPrecision("16-mixed", device="cpu", scaler=scaler)
-    with pytest.raises(ValueError, match=r"gradient scaler.*bf16-mixed"):
-        trainer(SplitStrategy(cut="b"), plugins=[plugin]).fit(DagNet(), loader())
+@pytest.mark.parametrize("init_scale", [2.0**8, 2.0**24], ids=["finite", "overflowing_first_steps"])
+def test_fp16_with_a_gradient_scaler_split_equals_local(init_scale, dagnet_server):
+    """16-mixed with a GradScaler (as on a GPU; here on the CPU): the server's gradients are unscaled too.
+
+    A huge initial scale overflows the first steps: both sides must skip them and the scale fall
+    as unsplit, or the server would step on infinite gradients; the later steps then train with
+    a scale the server must divide out.
+    """
+
+    def fit(strategy: SplitStrategy | None) -> tuple[DagNet, float]:
+        torch.manual_seed(0)
+        model = DagNet()
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        plugin = MixedPrecision("16-mixed", device="cpu", scaler=scaler)
+        torch.manual_seed(1)
+        trainer(strategy, plugins=[plugin]).fit(model, loader())
+        return model, scaler.get_scale()
+
+    torch.manual_seed(0)
+    initial = DagNet().head.weight.detach().clone()
+    local, local_scale = fit(None)
+    split, split_scale = fit(SplitStrategy(server=dagnet_server.url, cut="b"))
+    assert split_scale == local_scale
+    assert not torch.equal(local.head.weight, initial)  # the server's head trained
+    if init_scale > 2.0**16:
+        assert local_scale < init_scale  # steps were skipped: the case is the one it names
+    assert all(torch.isfinite(value).all() for value in split.state_dict().values() if value.is_floating_point())
+    assert_same_parameters(local, split, atol=1e-3)
 
 
 def test_forward_refuses_an_unknown_autocast_dtype():
