@@ -803,6 +803,15 @@ def calibration_table(result: dict[str, Any]) -> str:
     return render_table(header, rows)
 
 
+def codec_rows(units: dict[str, Profile], bandwidths: Sequence[float], args: argparse.Namespace) -> int:
+    """``--codecs``: each codec's delay saved and how far the optimum moves, and its accuracy cost on digits."""
+    import codec_delay
+
+    out = args.out.with_name("codecs.json")
+    codec_delay.run(units, bandwidths, args.down_multiple, args.rtt_ms, out, seeds=2 if args.quick else 5)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the grid, print the tables, write JSON and charts; exit 1 if the optimum loses to a baseline."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -815,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rtt-ms", type=float, default=RTT_MS, help=f"round-trip time (default {RTT_MS:g} ms)")
     parser.add_argument("--down-multiple", type=float, default=DOWN_MULTIPLE, help="downlink / uplink (default 1)")
     parser.add_argument("--publish", action="store_true", help="copy the charts to benchmarks/results/")
+    parser.add_argument("--codecs", action="store_true", help="instead: the codec rows (benchmarks/codec_delay.py)")
     parser.add_argument(
         "--pipelined", action="store_true", help="also: the pipelined optimum (M auto) against M=1 (roofline costs)"
     )
@@ -861,6 +871,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "trace_s": traced_s,
         }
 
+    if args.codecs:
+        return codec_rows(units, bandwidths, args)
     rows = run_grid(units, pairs, bandwidths, args.down_multiple, args.rtt_ms)
     piped = pipelined_grid(units, pairs, bandwidths, args.down_multiple, args.rtt_ms) if args.pipelined else []
     summary = summarise(rows)

@@ -36,6 +36,8 @@ _EXPORTS = {
     "PlanningError": "lightning_split.planning.planner",
     "plan": "lightning_split.planning.planner",
     "SplitStrategy": "lightning_split.runtime.strategy",
+    "Codec": "lightning_split.transport.codecs",
+    "register_codec": "lightning_split.transport.codecs",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_split.planning.constrained import plan_with_options
+from lightning_split.planning.constraints import privacy_line
 from lightning_split.planning.energy import EnergyModel, energy_model_for
+from lightning_split.planning.pipelined import CODEC_RATIOS
 from lightning_split.planning.planner import Plan
 from lightning_split.planning.profile import Link, NodeCost, Profile
 from lightning_split.planning.resources import Resources, baseline_energies, estimated_by, resources
@@ -61,6 +63,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
     return lines
 
 
+def _crossing_lines(profile: Profile, plan: Plan, options: Mapping[str, object]) -> list[str]:
+    """What the codec puts on the wire, and whether a raw input crosses (only with a server part)."""
+    if not plan.server:
+        return []
+    lines = []
+    codec = str(options.get("codec", "none"))
+    if codec != "none" and codec in CODEC_RATIOS:
+        nodes = {node.name: node for node in profile.nodes}
+        crossing = sum(nodes[cut].out_bytes for cut in plan.cut)
+        ratio = CODEC_RATIOS[codec]
+        lines.append(
+            f"Codec {codec} (lossy): {ratio:g} of the raw bytes on the wire, {format_bytes(crossing * ratio)} "
+            "of cut tensors per step each way"
+        )
+    lines.append(privacy_line(profile, plan.device, bool(options.get("private_inputs", True))))
+    return lines
+
+
 @dataclass(frozen=True)
 class PlanOutcome:
     """A plan and everything its reports show: baselines in time and energy, memory and energy.
@@ -97,7 +117,9 @@ class PlanOutcome:
 
     def render(self, title: str | None = None) -> str:
         """The text report (:func:`render_plan`)."""
-        return render_plan(self.profile, self.plan, self.baselines, title, self.resources, self.baseline_energies)
+        return render_plan(
+            self.profile, self.plan, self.baselines, title, self.resources, self.baseline_energies, self.extra
+        )
 
 
 def plan_outcome(
@@ -140,6 +162,7 @@ def render_plan(
     title: str | None = None,
     found: Resources | None = None,
     energies: Mapping[str, float] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> str:
     """Render a plan as a plain-text report.
 
@@ -158,6 +181,8 @@ def render_plan(
         found: the plan's memory and energy (computed when not given,
             :func:`~lightning_split.planning.resources.resources`).
         energies: the baselines' joules per step, shown beside their times when given.
+        options: the plan's ``codec`` and ``private_inputs`` (``PlanOutcome.extra``): the report
+            then says how many bytes the codec puts on the wire and whether any raw input crosses.
 
     Returns:
         The report, lines joined by ``\\n``, without a trailing newline.
@@ -165,7 +190,7 @@ def render_plan(
     found = found or resources(profile, plan.device)
     sections = [
         _header(profile, plan, title),
-        _cut_section(profile, plan),
+        _cut_section(profile, plan) + _crossing_lines(profile, plan, options or {}),
         _time_section(plan),
         _baselines_section(plan, baselines, found, energies),
         _resources_section(found),

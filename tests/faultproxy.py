@@ -13,7 +13,9 @@ class FaultProxy:
     ``drop_next_request()``: the next bytes a client sends are swallowed and the connection is
     cut (the server never sees the request). ``drop_next_reply()``: the next bytes the server
     sends are swallowed and the connection is cut (the server did the work, the client never
-    hears of it). Each arming cuts once; ``cuts`` counts the cuts made.
+    hears of it). Each arming cuts once; ``cuts`` counts the cuts made. ``relayed["up"]`` and
+    ``relayed["down"]`` count the bytes relayed to the server and back (what its sockets
+    received and sent, websocket framing included).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -21,6 +23,7 @@ class FaultProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cuts = 0
+        self.relayed = {"up": 0, "down": 0}
         self._drop_request = threading.Event()
         self._drop_reply = threading.Event()
         self._lock = threading.Lock()
@@ -73,6 +76,8 @@ class FaultProxy:
                 sink.sendall(data)
             except OSError:
                 break
+            with self._lock:
+                self.relayed["up" if drop is self._drop_request else "down"] += len(data)
         for sock in pair:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

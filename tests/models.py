@@ -170,3 +170,31 @@ class PerSampleNet(DagNet):
         c = torch.cat([r, b], dim=1)
         m = self.mix(c)
         return self.head(self.drop(self.norm(torch.flatten(m + r, 1))))
+
+
+class DigitsMLP(L.LightningModule):
+    """An MLP on the flattened digits: ``l1`` (64 -> ``hidden``), ReLU, ``head`` (``hidden`` -> 10).
+
+    ``cut="l1"`` splits it after its first layer: the (batch, hidden) activations cross, and the
+    flatten before ``l1`` is a raw node (private inputs keep it on the device).
+    """
+
+    def __init__(self, hidden: int = 256, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.l1 = nn.Linear(64, hidden)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.l1(torch.flatten(x, 1))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

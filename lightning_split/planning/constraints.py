@@ -205,3 +205,15 @@ def resolve(
                 f"nodes and their ancestors, {len(device)} node(s))"
             )
     return Constraints(frozenset(device), frozenset(server), device_memory, private_inputs)
+
+
+def privacy_line(profile: Profile, device: Iterable[str], private_inputs: bool) -> str:
+    """One sentence for plan reports: whether any raw input crosses to the server, and why (not)."""
+    if not can_check_private_inputs(profile):
+        return "Private inputs: not checked (the profile has no param_bytes); raw inputs may cross"
+    violations = private_input_violations(profile, device)
+    if not violations:
+        how = "private inputs enforced" if private_inputs else "private inputs off, but none would"
+        return f"No raw input crosses to the server: every tensor sent is computed with device-side parameters ({how})"
+    listed = ", ".join(f"{raw} (used by {consumer})" for raw, consumer in violations[:4])
+    return f"Raw input crosses to the server: {listed}; private inputs are off"

@@ -150,6 +150,8 @@ class StageCosts:
         out_bytes: bytes each node produces; ``returned``: the same for model outputs, else 0.
         mem: ``device_mem_bytes`` (0 where unknown).
         uplink, downlink, rtt_s, message_s: the link.
+        codec_s_per_byte: measured seconds to encode and decode one raw byte, by codec (the
+            profile's optional top-level ``codec_s_per_byte``; none: free), charged with each transfer.
     """
 
     def __init__(self, profile: Profile) -> None:
@@ -174,6 +176,7 @@ class StageCosts:
         link = profile.link
         self.uplink, self.downlink = link.uplink_bytes_per_s, link.downlink_bytes_per_s
         self.rtt_s, self.message_s = link.rtt_s, link.per_message_s
+        self.codec_s_per_byte = _codec_costs(profile.extra.get("codec_s_per_byte"))
 
     def mask(self, device: Iterable[str]) -> list[bool]:
         """Which positions are on the device; raise :class:`PlanningError` for unknown names."""
@@ -217,8 +220,9 @@ class Objective:
         rho = codec_ratio(codec)
         self.codec = codec
         self.inverse, self.share = 1.0 / micro_batches, 1.0 - 1.0 / micro_batches
-        self.up_per_byte = rho / costs.uplink
-        self.down_per_byte = rho / costs.downlink
+        coding_s = costs.codec_s_per_byte.get(codec, 0.0)  # encoding at one end, decoding at the other
+        self.up_per_byte = rho / costs.uplink + coding_s
+        self.down_per_byte = rho / costs.downlink + coding_s
         self.rtt_s = 2.0 * costs.rtt_s
         #: paid once per step when any node is on the server: round trips and per-message costs
         self.fixed_s = self.rtt_s + 2.0 * micro_batches * costs.message_s
@@ -270,6 +274,17 @@ class Objective:
             rtt_s=self.rtt_s if server_used else 0.0,
             message_s=self.fixed_s - self.rtt_s if server_used else 0.0,
         )
+
+
+def _codec_costs(value: Any) -> dict[str, float]:
+    """The profile's ``codec_s_per_byte`` checked: codec name -> finite seconds >= 0."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and 0 <= v < math.inf for k, v in value.items()
+    ):
+        raise PlanningError(f"codec_s_per_byte must map codec names to seconds >= 0, got {value!r}")
+    return {k: float(v) for k, v in value.items()}
 
 
 def pipelined_step_time(

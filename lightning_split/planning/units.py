@@ -44,3 +44,32 @@ def format_rate(bytes_per_second: float) -> str:
 def format_link(uplink_bytes_per_s: float, downlink_bytes_per_s: float, rtt_s: float) -> str:
     """``"100 Mbit/s up, 100 Mbit/s down, rtt 2 ms"``."""
     return f"{format_rate(uplink_bytes_per_s)} up, {format_rate(downlink_bytes_per_s)} down, rtt {rtt_s * 1e3:.4g} ms"
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_BYTE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def parse_bytes(size: int | str) -> int:
+    """``2000``, ``"2GB"`` (10**9), ``"512 MiB"`` (2**20), ``"1.5gb"`` as a whole number of bytes.
+
+    Raises:
+        ValueError: not a non-negative size with one of the units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB.
+    """
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size < 0:
+            raise ValueError(f"a size in bytes must be >= 0, got {size}")
+        return size
+    text = str(size).strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _BYTE_UNITS or not (value >= 0 and math.isfinite(value)):
+        raise ValueError(
+            f"cannot read {size!r} as a size: expected bytes as an int or text like '2GB' or '512MiB' "
+            "(units B, KB, MB, GB, TB in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024)"
+        )
+    return int(value * _BYTE_UNITS[unit])

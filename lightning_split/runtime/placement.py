@@ -34,6 +34,7 @@ from lightning_split.planning.profile import DEFAULT_LINK, Link, Profile
 from lightning_split.planning.resources import estimated_by, resources
 from lightning_split.planning.units import format_bytes
 from lightning_split.runtime.metrics import link_metrics
+from lightning_split.runtime.options import PlanOptions, with_trace_fields
 
 LinkSource = Callable[[TracedModel], Link]
 
@@ -93,6 +94,7 @@ class Placement:
     pin_device: tuple[str, ...] = ()
     pin_server: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    options: PlanOptions = field(default_factory=PlanOptions)
     objective: str = "time"
     energy: EnergyModel | None = None
 
@@ -128,7 +130,7 @@ class Placement:
 
     @property
     def _goal(self) -> _Objective:
-        return _Objective(self.objective, self.energy)
+        return _Objective(self.objective, self.energy, self.options)
 
     def cut_rows(self) -> list[tuple[str, str, int]]:
         """(node, shape, bytes) of each tensor that crosses to the server."""
@@ -142,7 +144,7 @@ class Placement:
         if self.profile is None:
             return None
         device = [n.name for n in self.profile.nodes if n.name not in set(self.spec.server_nodes)]
-        return planner.step_time(self.profile, device).total
+        return self.options.step_time(self.profile, device)
 
     def describe(self) -> str:
         """A readable multi-line account of the plan."""
@@ -153,6 +155,8 @@ class Placement:
             lines.append("  everything runs on the device (the server is not used)")
         for name, shape, size in self.cut_rows():
             lines.append(f"  cut tensor {name:<28} {shape:<22} {format_bytes(size):>10}")
+        if n_server:
+            lines.append(f"  codec {self.options.codec}; " + self.options.privacy(self.traced, self.spec))
         predicted = self.predicted_step_s()
         if predicted is not None and self.profile is not None:
             how = self.notes.get("link", "given")
@@ -218,6 +222,7 @@ def place_model(
     method: str = "blockwise",
     traced: TracedBatch | None = None,
     notes: Mapping[str, Any] | None = None,
+    options: PlanOptions | None = None,
     objective: str = "time",
     energy: EnergyModel | None = None,
 ) -> Placement:
@@ -238,11 +243,15 @@ def place_model(
         method: planner method.
         traced: a trace of this call made earlier (it is not traced again).
         notes: how costs and link were obtained, for the log (see :attr:`Placement.notes`).
+        options: codec, private inputs and memory budget (:class:`~lightning_split.runtime.options.PlanOptions`):
+            ``"auto"`` plans with them, a user cut is checked against them.
         objective: ``"time"`` or ``"energy"`` (the device's joules per step).
         energy: the device's power and radio for ``"energy"`` (default: the profile's device preset).
     """
+    options = options or PlanOptions()
     batch = traced if traced is not None else trace_batch(module, args, kwargs, leaf_modules)
     gm = batch.traced.graph_module
+    memory = options.footprints(batch.traced, args, kwargs)
     if cut != "auto":
         names = [cut] if isinstance(cut, str) else list(cut)
         spec = device_spec_from_cut(gm, names)
@@ -254,7 +263,8 @@ def place_model(
                 f"{server_users} both use it. Cut after its last use, or use cut='auto' "
                 "(it keeps tied tensors on one side)"
             )
-        return Placement(batch.traced, spec, f"cut={','.join(names)}", example=batch.example)
+        options.check_cut(batch.traced, spec, names, memory)
+        return Placement(batch.traced, spec, f"cut={','.join(names)}", example=batch.example, options=options)
 
     if isinstance(link, str):
         link = Link.parse(link)
@@ -262,9 +272,9 @@ def place_model(
         link = link(batch.traced)
     link = link or DEFAULT_LINK
     builder = profile_builder or EstimatedCosts()
-    profile = builder(batch.traced, link)
+    profile = with_trace_fields(builder(batch.traced, link), batch.traced, memory)
     notes = {**getattr(builder, "notes", {}), **dict(notes or {})}
-    goal = _Objective(objective, energy)
+    goal = _Objective(objective, energy, options)
     best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server), goal)
     return Placement(
         batch.traced,
@@ -279,8 +289,9 @@ def place_model(
         tuple(pin_device),
         tuple(pin_server),
         notes,
-        objective,
-        energy,
+        options=options,
+        objective=objective,
+        energy=energy,
     )
 
 
@@ -290,9 +301,10 @@ class _Objective:
 
     name: str = "time"
     energy: EnergyModel | None = None
+    options: PlanOptions = field(default_factory=PlanOptions)
 
     def plan(self, profile: Profile, method: str, pin_device: set[str], pin_server: set[str]) -> planner.Plan:
-        return planner.plan(profile, method, pin_device, pin_server, objective=self.name, energy=self.energy)
+        return self.options.plan(profile, method, pin_device, pin_server, objective=self.name, energy=self.energy)
 
     def value(self, profile: Profile, placement: planner.Plan) -> float:
         if self.name == "time":
@@ -308,7 +320,7 @@ def _plan_keeping_tied_tensors(
     pin_server: set[str],
     goal: _Objective = _Objective(),
 ) -> tuple[planner.Plan, dict[str, str]]:
-    """Plan; if a tensor ends up used on both sides, try each side for each such tensor."""
+    """Plan under ``goal`` (objective and options); if a tensor ends up used on both sides, try each side for each."""
     best = goal.plan(profile, method, pin_device, pin_server)
     shared = shared_across(gm, make_spec(gm, best.server))
     if not shared:

@@ -46,6 +46,7 @@ from lightning_split.runtime.microbatch import (
     choose_micro_batches,
     micro_batching_for,
 )
+from lightning_split.runtime.options import PlanOptions
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
 from lightning_split.runtime.precision import bridge_scaler
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
@@ -116,6 +117,15 @@ class SplitStrategy(SingleDeviceStrategy):
         micro_batch_statistics: let such a model train on micro-batches anyway, each with its
             own BatchNorm statistics and random stream, as GPipe does. Training then differs
             from training on whole batches.
+        codec: how the tensors that cross the cut are written, both ways (activations and
+            outputs, their gradients): ``"none"`` (exact), or the lossy ``"fp16"``, ``"bf16"``,
+            ``"int8"`` (or one registered with :func:`lightning_split.register_codec`). The
+            planner scales the crossing bytes by the codec's ratio.
+        private_inputs: keep the model's inputs, and anything computed from them without a
+            device-side parameter, off the wire (the default); a ``cut`` that would send one is
+            refused before the first step. ``False`` lifts the constraint.
+        device_memory: the device part's training footprint (parameters, gradients, optimizer
+            state, saved activations) must fit: bytes or text like ``"2GB"``; ``None``: no budget.
         objective: what ``cut="auto"`` minimises: ``"time"`` (the step time) or ``"energy"``
             (the device's joules per step: its preset's power over its compute and waiting,
             plus the radio's energy per byte; :mod:`lightning_split.planning.energy`).
@@ -151,6 +161,9 @@ class SplitStrategy(SingleDeviceStrategy):
         replan_every: int | None = None,
         micro_batches: int | str = 1,
         micro_batch_statistics: bool = False,
+        codec: str = "none",
+        private_inputs: bool = True,
+        device_memory: int | str | None = None,
         objective: str = "time",
         energy: EnergyModel | None = None,
         **kwargs: Any,
@@ -187,6 +200,7 @@ class SplitStrategy(SingleDeviceStrategy):
         self.micro_batch_statistics = micro_batch_statistics
         #: the number of micro-batches in use (``"auto"`` resolves on the first forward)
         self.micro_batches = micro_batches if isinstance(micro_batches, int) else 1
+        self.options = PlanOptions.of(codec, private_inputs, device_memory)
         self.objective = objective
         self.energy = energy
         self.runtime: SplitRuntime | None = None
@@ -327,6 +341,7 @@ class SplitStrategy(SingleDeviceStrategy):
             profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
+            options=self.options.for_optimizers(self.optimizers),
             objective=self.objective,
             energy=self.energy,
         )
@@ -339,7 +354,7 @@ class SplitStrategy(SingleDeviceStrategy):
             self.plan.graph_module,
             self.plan.spec,
             remote,
-            description.to_wire(),
+            {**description.to_wire(), "codec": self.options.codec},
             self.release_server_state,
             graph_args=self.plan.traced.graph_args,
             micro_batching=micro_batching,

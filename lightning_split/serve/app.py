@@ -198,7 +198,7 @@ class SplitServer:
         record = self.sessions.open(op, connection.websocket)
         self.sessions.detach(connection.record, connection.websocket)
         connection.record = record
-        connection.protocol.attach(record.sequencer)
+        connection.protocol.attach(record.sequencer, op.codec)
         self.sessions.persist(record, point)
         return messages.HelloReply(
             device=str(self.host.device),
@@ -213,7 +213,7 @@ class SplitServer:
             log.info("session %s moved to a new connection", record.id)
             asyncio.run_coroutine_threadsafe(previous.close(1000, "session resumed on another connection"), self._loop)
         connection.record = record
-        connection.protocol.attach(record.sequencer)
+        connection.protocol.attach(record.sequencer, record.description.get("codec", "none"))
         sequencer = record.sequencer
         return messages.ResumeReply(
             session=record.id,

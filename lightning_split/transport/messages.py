@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from lightning_split.transport.codecs import CODECS
 from lightning_split.transport.errors import ProtocolError
 from lightning_split.transport.schema import MappingReply, Message, Op, Reply, clip, kind
 
@@ -214,6 +215,11 @@ class Hello(_ModelFields, Op):
     spec: dict[str, Any]
     optimizers: list[dict[str, Any]]
     state: dict[str, Tensor]
+    codec: str = "none"  # how the tensors that cross the cut are written (transport/codecs.py)
+
+    def _check(self) -> None:
+        if self.codec not in CODECS:
+            raise self._fail("codec", f"names unknown codec {clip(self.codec)}; known codecs: {', '.join(CODECS)}")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_split.transport import wire
+from lightning_split.transport import coding, wire
+from lightning_split.transport.codecs import CODECS, Codec
 from lightning_split.transport.errors import ProtocolError, RemoteError, SessionError
 from lightning_split.transport.messages import OPS, Hello, Op, Reply, Resume, op_from_wire
 
@@ -74,12 +75,21 @@ def _decode(data: bytes | str, limits: wire.Limits, what: str) -> dict[str, Any]
         raise ProtocolError(f"undecodable {what}: {exc}") from exc
 
 
-def encode_request(seq: int, ops: Sequence[Op]) -> bytes:
-    return wire.encode({"v": VERSION, "seq": seq, "ops": [op.to_wire() for op in ops]})
+def encode_request(seq: int, ops: Sequence[Op], codec: Codec = CODECS["none"], clock: Any = None) -> bytes:
+    """A request of ``ops``; the tensors that cross the cut are written with ``codec``."""
+    wired = [coding.pack(op.to_wire(), coding.coded_field(type(op)), codec, clock) for op in ops]
+    return wire.encode({"v": VERSION, "seq": seq, "ops": wired})
 
 
-def encode_reply(seq: int, results: Sequence[Reply | None], durable: int | None = None, skipped: int = 0) -> bytes:
-    """A reply: the result of every op of request ``seq`` (``None`` for ops without one).
+def encode_reply(
+    seq: int,
+    results: Sequence[Reply | None],
+    durable: int | None = None,
+    skipped: int = 0,
+    codec: Codec = CODECS["none"],
+    clock: Any = None,
+) -> bytes:
+    """A reply: the result of every op of request ``seq`` (``None`` for ops without one), coded with ``codec``.
 
     ``skipped`` ops at the start were applied before a restore and have ``None`` results; the
     key is written only then, so the bytes of every other reply are those of earlier versions.
@@ -87,13 +97,17 @@ def encode_reply(seq: int, results: Sequence[Reply | None], durable: int | None 
     payload: dict[str, Any] = {
         "v": VERSION,
         "seq": seq,
-        "results": [result.to_wire() if result is not None else None for result in results],
+        "results": [_wire_result(result, codec, clock) for result in results],
     }
     if durable is not None:
         payload["durable"] = durable
     if skipped:
         payload["skipped"] = skipped
     return wire.encode(payload)
+
+
+def _wire_result(result: Reply | None, codec: Codec, clock: Any) -> Any:
+    return None if result is None else coding.pack(result.to_wire(), coding.coded_field(type(result)), codec, clock)
 
 
 def encode_error(seq: int | None, kind: str, message: str) -> bytes:
@@ -156,6 +170,8 @@ class ServerProtocol:
     limits: wire.Limits = field(default_factory=wire.Limits)
     sequencer: Sequencer = field(default_factory=Sequencer)
     attached: bool = False
+    codec: Codec = field(default_factory=lambda: CODECS["none"])  # the attached session's (negotiated in hello)
+    clock: coding.CodecClock = field(default_factory=coding.CodecClock)
 
     def receive(self, data: bytes | str) -> Request | bytes:
         """Parse one message. Returns a :class:`Request` to run, or the cached reply of a retry.
@@ -171,7 +187,7 @@ class ServerProtocol:
             raise ProtocolError(f"'seq' must be a non-negative integer, got {seq!r}", "seq")
         if not isinstance(ops, list) or not ops:
             raise ProtocolError("'ops' must be a non-empty list", "ops")
-        request = Request(seq, tuple(op_from_wire(op, _where(index, op)) for index, op in enumerate(ops)))
+        request = Request(seq, tuple(self._op(index, op) for index, op in enumerate(ops)))
         first = request.ops[0]
         if not request.ordered:
             if any(isinstance(op, Resume) for op in request.ops) and len(request.ops) > 1:
@@ -183,15 +199,22 @@ class ServerProtocol:
             return request  # a new session starts its own sequence
         return self.sequencer.admit(request)
 
-    def attach(self, sequencer: Sequencer) -> None:
-        """Continue the sequence of a session (after ``hello`` or ``resume``)."""
-        self.sequencer, self.attached = sequencer, True
+    def _op(self, index: int, value: Any) -> Op:
+        where = _where(index, value)
+        try:
+            return op_from_wire(coding.unpack(value, coding.op_field(value), self.codec, self.clock), where)
+        except ProtocolError as exc:
+            raise exc.at(where) if exc.where is None else exc from None
+
+    def attach(self, sequencer: Sequencer, codec: str = "none") -> None:
+        """Continue the sequence of a session (after ``hello`` or ``resume``) with its codec."""
+        self.sequencer, self.attached, self.codec = sequencer, True, CODECS[codec]
 
     def reply(self, request: Request, results: Sequence[Reply | None]) -> bytes:
         """Encode the results of a request that ran, and remember them for a retry."""
         if not request.ordered:
             return encode_reply(request.seq, results)
-        data = encode_reply(request.seq, results, self.sequencer.durable, request.skip)
+        data = encode_reply(request.seq, results, self.sequencer.durable, request.skip, self.codec, self.clock)
         self.sequencer.answered(request, data)
         return data
 
@@ -232,6 +255,8 @@ class DeviceProtocol:
     deferred: list[Op] = field(default_factory=list)
     log: list[Sent] = field(default_factory=list)
     keep_log: bool = False
+    codec: Codec = field(default_factory=lambda: CODECS["none"])  # set by the hello this side sends
+    clock: coding.CodecClock = field(default_factory=coding.CodecClock)
 
     def defer(self, op: Op) -> None:
         """Queue an op that needs no answer; it goes out with the next request."""
@@ -252,12 +277,23 @@ class DeviceProtocol:
             return Sent(seq, encode_request(seq, ops), tuple(ops))
         self.seq += 1
         every = (*self.deferred, *ops)
-        sent = Sent(self.seq, encode_request(self.seq, every), every, len(self.deferred))
+        sent = Sent(self.seq, encode_request(self.seq, every, self.codec, self.clock), every, len(self.deferred))
+        for op in every:
+            if isinstance(op, Hello):
+                self.codec = CODECS[op.codec]  # the session's tensors use it from the next request on
         self.deferred = []
         if not self.keep_log:
             self.log.clear()
         self.log.append(sent)
         return sent
+
+    def _reply(self, index: int, op: Op, result: Any) -> Reply | None:
+        where = f"reply to {_where(index, op)}"
+        try:
+            result = coding.unpack(result, coding.coded_field(op.reply), self.codec, self.clock)
+        except ProtocolError as exc:
+            raise exc.at(where) from None
+        return op.reply_from_wire(result, where)
 
     def replay_from(self, seq: int) -> list[Sent]:
         """The logged requests from ``seq`` on, to send again after a restore.
@@ -289,7 +325,7 @@ class DeviceProtocol:
         if not isinstance(skipped, int) or isinstance(skipped, bool) or not 0 <= skipped <= len(results):
             raise ProtocolError(f"'skipped' must be an integer from 0 to {len(results)}, got {skipped!r}", "skipped")
         replies = [
-            None if index < skipped and result is None else op.reply_from_wire(result, f"reply to {_where(index, op)}")
+            None if index < skipped and result is None else self._reply(index, op, result)
             for index, (op, result) in enumerate(zip(sent.ops, results))
         ]
         durable = payload.get("durable")

@@ -71,13 +71,14 @@ def test_costs_from_a_profile_file_decide_the_cut(tmp_path):
     dagnet_profile(0.2).save(slow_device)
     dagnet_profile(1e6).save(fast_device)
     plans = {}
-    for path in (slow_device, fast_device):
-        strategy = SplitStrategy(costs=str(path), plan_link="1gbit,1ms")
+    for path, private in ((slow_device, True), (fast_device, True), (slow_device, False)):
+        strategy = SplitStrategy(costs=str(path), plan_link="1gbit,1ms", private_inputs=private)
         torch.manual_seed(0)
         trainer(strategy, max_steps=1).fit(DagNet(), loader(64))
-        plans[path] = strategy.plan
-    slow, fast = plans[slow_device], plans[fast_device]
-    assert slow.spec.cut == ("x",), "a very slow device sends everything to the server"
+        plans[path, private] = strategy.plan
+    slow, fast, slow_public = plans[slow_device, True], plans[fast_device, True], plans[slow_device, False]
+    assert slow.spec.cut == ("stem_0",), "a very slow device keeps only what private inputs need (x, the first conv)"
+    assert slow_public.spec.cut == ("x",), "without private inputs it sends everything to the server"
     assert fast.spec.server_nodes == (), "a device faster than any link keeps everything"
     given = {n.name: (n.device_s, n.server_s) for n in Profile.load(slow_device).nodes}
     assert {n.name: (n.device_s, n.server_s) for n in slow.profile.nodes} == given
