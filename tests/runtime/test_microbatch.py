@@ -134,3 +134,20 @@ def test_micro_batches_under_mixed_precision_are_refused_by_name():
     strategy = SplitStrategy(cut="b", micro_batches=2)
     with pytest.raises(ValueError, match="mixed precision"):
         trainer(strategy, max_steps=1, precision="bf16-mixed").fit(PerSampleNet(), loader(64))
+
+
+def test_micro_batches_and_a_codec_combine():
+    """M=4 with ``codec="none"`` stays exact; with fp16 every micro-batch's tensors cross at half the bytes."""
+    torch.manual_seed(0)
+    local = PerSampleNet()
+    exact, halved = copy.deepcopy(local), copy.deepcopy(local)
+    torch.manual_seed(1)
+    trainer().fit(local, loader())
+    traffic = {}
+    for codec, model in (("none", exact), ("fp16", halved)):
+        strategy = SplitStrategy(cut="b", micro_batches=4, codec=codec)
+        torch.manual_seed(1)
+        trainer(strategy).fit(model, loader())
+        traffic[codec] = strategy.last_traffic["split/bytes_up"]
+    assert_same_parameters(local, exact)
+    assert traffic["none"] / traffic["fp16"] > 1.8
