@@ -36,6 +36,7 @@ _EXPORTS = {
     "PlanningError": "lightning_split.planning.planner",
     "plan": "lightning_split.planning.planner",
     "SplitStrategy": "lightning_split.runtime.strategy",
+    "Federation": "lightning_split.runtime.federation",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -31,6 +31,8 @@ runs the session ops; the websocket app the rest):
 ``load_optimizer_state``
 ``profile``, ``ping``       measure the server's node costs; probe the link
 ``close``                   end the session
+``fed_join``, ``fed_wait``  many devices, one model (see
+``fed_submit``              :mod:`lightning_split.transport.federation`)
 ==========================  ========================================================
 """
 
@@ -45,6 +47,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from lightning_split.transport.errors import ProtocolError
+from lightning_split.transport.federation import FedJoin, FedSubmit, FedWait
 from lightning_split.transport.schema import MappingReply, Message, Op, Reply, clip, kind
 
 __all__ = [
@@ -388,6 +391,9 @@ OPS: Mapping[str, type[Op]] = types.MappingProxyType(
             Profile,
             Ping,
             Close,
+            FedJoin,  # the federation ops: lightning_split.transport.federation
+            FedWait,
+            FedSubmit,
         )
     }
 )
