@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from lightning_split.transport.errors import ProtocolError
-from lightning_split.transport.federation import FedJoin, FedSubmit, FedWait
+from lightning_split.transport.federation import FedJoin, FedJoinReply, FedSubmit, FedWait, FedWaitReply
 from lightning_split.transport.schema import MappingReply, Message, Op, Reply, clip, kind
 
 __all__ = [
@@ -57,6 +57,11 @@ __all__ = [
     "BackwardReply",
     "ClipGradValue",
     "Close",
+    "FedJoin",
+    "FedJoinReply",
+    "FedSubmit",
+    "FedWait",
+    "FedWaitReply",
     "Forward",
     "ForwardReply",
     "GradNorms",
