@@ -11,6 +11,7 @@ import copy
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +28,11 @@ STEPS = ROUND_STEPS * ROUNDS
 class ClientProcess:
     """One ``tests.fedclient`` process; :meth:`expect` blocks until it has printed a line containing a fragment."""
 
-    def __init__(self, server: ServeProcess, mode: str, client: int, clients: int, out, group: str) -> None:
+    def __init__(
+        self, server: ServeProcess, mode: str, client: int, clients: int, out, group: str, steps=(ROUND_STEPS, STEPS)
+    ) -> None:
         command = [sys.executable, "-m", "tests.fedclient", server.url, mode, str(client), str(clients)]
-        command += [str(ROUND_STEPS), str(STEPS), str(out), group]
+        command += [str(steps[0]), str(steps[1]), str(out), group]
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -68,17 +71,19 @@ class ClientProcess:
         return self.log
 
 
-def run_clients(server: ServeProcess, mode: str, tmp_path, clients: int = CLIENTS, group: str = "digits"):
+def run_clients(server: ServeProcess, mode: str, tmp_path, clients: int = CLIENTS, group="digits", steps=None):
     """Run ``clients`` client processes; the others first, client 0 (whose model starts the federation) last.
 
     Client 0 starts only once every other client has said it waits for it, so each waiting
-    line is certain, whatever the machine's speed. Returns the final state dicts and the logs.
+    line is certain, whatever the machine's speed. ``steps``: (round steps, steps) of each client.
+    Returns the final state dicts and the logs.
     """
+    steps = steps or (ROUND_STEPS, STEPS)
     outputs = [tmp_path / f"client{i}.pt" for i in range(clients)]
-    others = [ClientProcess(server, mode, i, clients, outputs[i], group) for i in range(1, clients)]
+    others = [ClientProcess(server, mode, i, clients, outputs[i], group, steps) for i in range(1, clients)]
     for client, process in enumerate(others, start=1):
         process.expect(f"client {client} waits for client(s) [0")
-    first = ClientProcess(server, mode, 0, clients, outputs[0], group)
+    first = ClientProcess(server, mode, 0, clients, outputs[0], group, steps)
     logs = [process.finish() for process in [first, *others]]
     return [torch.load(path) for path in outputs], logs
 
@@ -152,3 +157,26 @@ def test_splitfed_every_client_equals_local_fedavg(fed_server, tmp_path):
             torch.testing.assert_close(finals[client][key], value, atol=1e-5, rtol=0, msg=f"client {client}: {key}")
     server_log = "".join(fed_server.stderr)
     assert "federation digits: round 2 averaged over clients [0, 1, 2] (480 samples)" in server_log
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (``VmHWM``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@pytest.mark.slow
+def test_sixteen_clients_in_one_splitfed_federation_finish_on_one_server(fed_server, tmp_path, record_property):
+    clients = 16
+    finals, _ = run_clients(fed_server, "splitfed", tmp_path, clients=clients, group="load", steps=(1, 2))
+    for client in range(1, clients):  # all end on the last average
+        for key, value in finals[0].items():
+            if value.is_floating_point():
+                torch.testing.assert_close(finals[client][key], value, atol=0, rtol=0, msg=f"client {client}: {key}")
+    server_log = "".join(fed_server.stderr)
+    assert f"federation load: round 2 averaged over clients {list(range(clients))}" in server_log
+    peak = peak_rss_mib(fed_server.proc.pid)
+    record_property("server_peak_rss_mib", peak)
+    print(f"16-client splitfed: server peak RSS {peak:.0f} MiB")  # reported, not asserted
