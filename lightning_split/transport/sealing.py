@@ -46,7 +46,8 @@ class Seal:
             from cryptography.hazmat.primitives.kdf.hkdf import HKDF
         except ImportError as exc:  # pragma: no cover - cryptography is a declared dependency of federations
             raise ImportError(
-                "sealing a federation's device part needs the `cryptography` package: pip install lightning-split[federation]"
+                "sealing a federation's device part needs the `cryptography` package: "
+                "pip install lightning-split[federation]"
             ) from exc
         material = key.encode() if isinstance(key, str) else bytes(key)
         if len(material) < 16:
