@@ -29,27 +29,21 @@ Link: uplink 1 to 1000 Mbit/s, downlink ``--down-multiple`` times the uplink (de
 equal, as on Ethernet or a symmetric Wi-Fi link), round-trip time ``--rtt-ms`` (default 5 ms,
 a one-hop Wi-Fi edge link).
 
-Hardware (fp32, from the datasheets; the peak is cores x 2 FLOPs x max GPU clock):
+Hardware: the library's presets (:mod:`lightning_split.planning.hardware`, every figure with its
+source): Jetson Nano, TX2, Xavier NX and AGX Orin devices; T4 and RTX 3090 servers; the H200 for
+the calibration. fp32 peak from the datasheets (cores x 2 FLOPs x max GPU clock where they give
+those), DRAM bandwidth, and a launch cost per kernel:
 
-=============== ============ ========== ============ ====================================
-class           fp32 GFLOP/s memory GB/s launch us    source
-=============== ============ ========== ============ ====================================
-Jetson Nano     236          25.6       40           128 Maxwell cores at 921 MHz, 64-bit
-                                                     LPDDR4; NVIDIA Jetson Nano data sheet
-                                                     DA-09366 (472 GFLOP/s is the fp16 peak)
-Jetson TX2      666          59.7       40           256 Pascal cores at 1.3 GHz, 128-bit
-                                                     LPDDR4; Jetson TX2 data sheet DS-08260
-Jetson Xavier NX 845         51.2       30           384 Volta cores at 1.1 GHz, 128-bit
-                                                     LPDDR4x (8 GB module); Jetson Xavier NX
-                                                     data sheet DS-09693
-Jetson AGX Orin 5325         204.8      20           2048 Ampere cores at 1.3 GHz, 256-bit
-                                                     LPDDR5; Jetson AGX Orin data sheet
-                                                     DS-10662 (64 GB module)
-T4              8141         320        15           NVIDIA T4 product brief (fp32 8.1
-                                                     TFLOP/s, 320 GB/s GDDR6)
-RTX 3090        35581        936        15           10496 Ampere cores at 1.695 GHz, GDDR6X;
-                                                     NVIDIA Ampere GA102 whitepaper
-=============== ============ ========== ============ ====================================
+=============== ============ ========== ============
+class           fp32 GFLOP/s memory GB/s launch us
+=============== ============ ========== ============
+Jetson Nano     236          25.6       40
+Jetson TX2      666          59.7       40
+Jetson Xavier NX 845         51.2       30
+Jetson AGX Orin 5325         204.8      20
+T4              8141         320        15
+RTX 3090        35581        936        15
+=============== ============ ========== ============
 
 Sustained fractions and launch costs are assumptions, checked against one measurement:
 ``--calibrate-cuda`` times each forward node and whole forward + backward steps on the local
@@ -58,20 +52,23 @@ GPU (fp32, TF32 off) and compares both cost models with the GPU's datasheet figu
 products) ran at about a quarter of the fp32 peak, a tiny elementwise op cost 16-18 us per kernel
 forward + backward (launch plus PyTorch's eager dispatch on the x86 host), and nodes without
 FLOPs (normalisation, activations, pooling, concatenation) took 23-66% of the forward time.
-Hence ``FLOP_FRACTION = COMPUTE_FRACTION = 0.25`` of the fp32 peak (the library's default of
-50 GFLOP/s for a Nano is 21% of its peak), ``MEMORY_FRACTION = 0.7`` of the DRAM bandwidth (what
-STREAM-like copies reach), and 15 us per kernel on the x86-hosted servers. The Jetsons dispatch
-from slower ARM cores (Cortex-A57 on Nano and TX2, Carmel on Xavier NX, Cortex-A78AE on Orin),
-assumed 1.3 to 2.7 times slower; no Jetson was measured.
+Hence the presets' ``COMPUTE_FRACTION = 0.25`` of the fp32 peak (the FLOP model uses the same
+sustained rate; the library's default of 50 GFLOP/s for a Nano is 21% of its peak),
+``MEMORY_FRACTION = 0.7`` of the DRAM bandwidth (what STREAM-like copies reach), and 15 us per
+kernel on the x86-hosted servers. The Jetsons dispatch from slower ARM cores (Cortex-A57 on Nano
+and TX2, Carmel on Xavier NX, Cortex-A78AE on Orin), assumed 1.3 to 2.7 times slower; no Jetson
+was measured.
 
 Two node cost models (seconds of forward + backward for one batch, as ``docs/cost-model.md`` defines):
 
 ``flops``
     :func:`lightning_split.costs.estimate.estimate_profile` with ``device_gflops`` and
-    ``server_gflops`` set to ``FLOP_FRACTION`` x peak: ``max(10 us, 3 x work / rate)`` where
-    ``work`` is the forward FLOPs of ``FlopCounterMode`` or one per output element. It makes
-    elementwise and normalisation nodes nearly free, although on real GPUs they are memory bound.
+    ``server_gflops`` set to the presets' sustained rate (``COMPUTE_FRACTION`` x peak):
+    ``max(10 us, 3 x work / rate)`` where ``work`` is the forward FLOPs of ``FlopCounterMode`` or
+    one per output element. It makes elementwise and normalisation nodes nearly free, although
+    on real GPUs they are memory bound.
 ``roofline``
+    :func:`lightning_split.planning.roofline.node_seconds`, the library's roofline:
     ``max(3 x work / (COMPUTE_FRACTION x peak), 3 x bytes / (MEMORY_FRACTION x bandwidth)) +
     kernels x launch``. ``bytes`` = input tensors + output tensor + parameters: the forward
     reads the inputs and parameters and writes the output; the backward reads the output
@@ -115,16 +112,17 @@ from _common import ROOT, machine_info, render_table, trace_sources
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lightning_split.planning.hardware import COMPUTE_FRACTION, MEMORY_FRACTION, Hardware, preset
 from lightning_split.planning.planner import best_layerwise, device_only, plan, server_only, step_time
 from lightning_split.planning.profile import Link, NodeCost, Profile
+from lightning_split.planning.roofline import is_view as is_view_node
+from lightning_split.planning.roofline import node_seconds
 
 BANDWIDTHS_MBPS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 QUICK_BANDWIDTHS_MBPS = (1.0, 10.0, 100.0, 1000.0)
 RTT_MS = 5.0
 DOWN_MULTIPLE = 1.0
-FLOP_FRACTION = 0.25
-COMPUTE_FRACTION = 0.25
-MEMORY_FRACTION = 0.7
+FLOP_FRACTION = COMPUTE_FRACTION  # the FLOP model runs at the presets' sustained rate
 TOLERANCE = 1e-9  # relative slack when checking that the optimum is not worse than a baseline
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "delay.json"
 DEFAULT_CHARTS = ROOT / "benchmarks" / "out"
@@ -138,48 +136,16 @@ COST_MODELS = ("roofline", "flops")
 # Hardware.
 
 
-@dataclass(frozen=True)
-class Hardware:
-    """One accelerator class: fp32 peak, DRAM bandwidth and the cost of one kernel launch."""
-
-    key: str
-    label: str
-    peak_gflops: float
-    memory_gbs: float
-    launch_s: float
-
-    @property
-    def flop_gflops(self) -> float:
-        """Whole-model sustained GFLOP/s of the FLOP-only model."""
-        return FLOP_FRACTION * self.peak_gflops
-
-    @property
-    def compute_flops_per_s(self) -> float:
-        return COMPUTE_FRACTION * self.peak_gflops * 1e9
-
-    @property
-    def memory_bytes_per_s(self) -> float:
-        return MEMORY_FRACTION * self.memory_gbs * 1e9
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "peak_fp32_gflops": self.peak_gflops,
-            "memory_gbs": self.memory_gbs,
-            "launch_us": self.launch_s * 1e6,
-            "flop_model_gflops": self.flop_gflops,
-        }
-
-
-HARDWARE = {
-    hw.key: hw
-    for hw in (
-        Hardware("nano", "Jetson Nano", 128 * 2 * 0.9216, 25.6, 40e-6),
-        Hardware("tx2", "Jetson TX2", 256 * 2 * 1.3, 59.7, 40e-6),
-        Hardware("xavier_nx", "Jetson Xavier NX", 384 * 2 * 1.1, 51.2, 30e-6),
-        Hardware("agx_orin", "Jetson AGX Orin", 2048 * 2 * 1.3, 204.8, 20e-6),
-        Hardware("t4", "T4", 8141.0, 320.0, 15e-6),
-        Hardware("rtx3090", "RTX 3090", 10496 * 2 * 1.695, 936.0, 15e-6),
+# The library's presets under the short names the published results use ("nano/t4").
+HARDWARE: dict[str, Hardware] = {
+    short: preset(key)
+    for short, key in (
+        ("nano", "jetson-nano"),
+        ("tx2", "jetson-tx2"),
+        ("xavier_nx", "jetson-xavier-nx"),
+        ("agx_orin", "jetson-agx-orin"),
+        ("t4", "t4"),
+        ("rtx3090", "rtx-3090"),
     )
 }
 PAIRS = (("nano", "t4"), ("tx2", "t4"), ("xavier_nx", "t4"), ("agx_orin", "t4"), ("agx_orin", "rtx3090"))
@@ -278,22 +244,13 @@ def unit_from_traced(traced: Any, name: str) -> Profile:
 
     Each node's ``device_s`` is then its forward work in GFLOP (``FlopCounterMode`` FLOPs, or
     one per output element), the quantity both cost models scale. Call-module nodes carry
-    their module class as the extra field ``module_class``.
+    their module class as the extra field ``module_class`` (the estimator writes it).
     """
     from lightning_split.costs.estimate import estimate_profile
 
     profile = estimate_profile(traced, Link.from_mbps(100.0), 1.0, 1.0, backward_factor=0.0, min_node_s=0.0)
-    classes = {info.name: type(traced.graph_module.get_submodule(info.target)).__name__
-               for info in traced.nodes if info.op == "call_module"}  # fmt: skip
-    nodes = [
-        NodeCost(
-            n.name, n.kind, n.inputs, n.out_bytes, n.device_s, n.server_s, {**n.extra, "module_class": classes[n.name]}
-        )
-        if n.name in classes
-        else n
-        for n in profile.nodes
-    ]
-    return Profile(nodes, profile.outputs, profile.link, {**profile.extra, "model": name})
+    profile.extra["model"] = name
+    return profile
 
 
 def unit_profile(workload: Workload, cache_dir: Path | None) -> tuple[Profile, float | None]:
@@ -322,21 +279,9 @@ def unit_profile(workload: Workload, cache_dir: Path | None) -> tuple[Profile, f
 # Node cost models.
 
 
-_VIEW_METHODS = {"view", "reshape", "flatten", "size", "squeeze", "unsqueeze", "permute", "transpose", "expand"}
-_VIEW_FUNCTIONS = {"torch.flatten", "torch.reshape", "_operator.getitem", "operator.getitem", "torch.squeeze"}
-_VIEW_MODULES = {"Flatten", "Identity", "Unflatten"}
-
-
 def is_view(node: NodeCost) -> bool:
-    """Whether a node only re-describes its input (no kernel, no data moved)."""
-    op, target = node.extra.get("op"), node.extra.get("target")
-    if op == "call_method":
-        return target in _VIEW_METHODS
-    if op == "call_function":
-        return target in _VIEW_FUNCTIONS
-    if op == "call_module":
-        return node.extra.get("module_class") in _VIEW_MODULES
-    return False
+    """Whether a node only re-describes its input (no kernel, no data moved): the library's rule."""
+    return is_view_node(node.extra)
 
 
 class CostModel(Protocol):
@@ -359,23 +304,19 @@ class FlopCost:
 
     def seconds(self, node: NodeCost, in_bytes: int, hw: Hardware, training: bool) -> float:
         work_gflop = node.device_s * (3.0 if training else 1.0)  # unit profile: forward GFLOP
-        return max(self.min_node_s, work_gflop / hw.flop_gflops)
+        return max(self.min_node_s, work_gflop / hw.sustained_gflops)
 
 
 class RooflineCost:
-    """``max(work / compute rate, bytes / memory rate) + kernels x launch``; see the module docstring."""
+    """The library's roofline (:func:`lightning_split.planning.roofline.node_seconds`) on a unit profile node."""
 
     name = "roofline"
 
     def seconds(self, node: NodeCost, in_bytes: int, hw: Hardware, training: bool) -> float:
-        if is_view(node):
-            return 0.0
         param_bytes = int(node.extra.get("param_bytes", 0))
-        passes = 3.0 if training else 1.0
-        compute = passes * node.device_s * 1e9 / hw.compute_flops_per_s
-        memory = passes * (in_bytes + node.out_bytes + param_bytes) / hw.memory_bytes_per_s
-        kernels = (3 if param_bytes else 2) if training else 1
-        return max(compute, memory) + kernels * hw.launch_s
+        bytes_moved = in_bytes + node.out_bytes + param_bytes
+        work = node.device_s * 1e9  # unit profile: forward GFLOP
+        return node_seconds(work, bytes_moved, param_bytes > 0, hw, training, view=is_view(node))
 
 
 COST_MODEL_TYPES: dict[str, Callable[[], CostModel]] = {"roofline": RooflineCost, "flops": FlopCost}
@@ -634,9 +575,9 @@ def reduction_chart(rows: list[dict[str, Any]], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Calibration on a CUDA GPU: the cost models against measured per-node and per-step times.
 
-# H200 SXM: 132 SMs x 128 fp32 cores at 1.98 GHz (67 TFLOP/s fp32) and 4.8 TB/s HBM3e (NVIDIA H200
-# data sheet); 15 us per launch like the other x86-hosted GPUs.
-CALIBRATION_HARDWARE = Hardware("h200", "H200 SXM", 132 * 128 * 2 * 1.98, 4800.0, 15e-6)
+# H200 SXM: 132 SMs x 128 fp32 cores at 1.98 GHz (67 TFLOP/s fp32) and 4.8 TB/s HBM3e (the preset's
+# sources); 15 us per launch like the other x86-hosted GPUs.
+CALIBRATION_HARDWARE = preset("h200")
 LARGE_NODE_S = 2e-4  # forward nodes above this are timed well clear of the per-node synchronisation cost
 CALIBRATION_WORKLOADS = ("resnet18_cifar", "alexnet_cifar", "mobilenet_v2_cifar", "resnet50", "densenet121")
 

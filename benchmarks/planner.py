@@ -25,7 +25,10 @@ so reruns skip the minute of tracing.
 
 Usage::
 
-    python benchmarks/planner.py [--quick] [--out benchmarks/out/planner.json]
+    python benchmarks/planner.py [--quick] [--out benchmarks/out/planner.json] [--engine ENGINE]
+
+``--engine`` picks the min-cut engine of ``full`` and of blockwise's large segments (small ones
+always use augmenting paths), so blockwise's speed-up is measured against ``full`` on the same engine.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from _common import (
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lightning_split.planning.mincut import ALGORITHMS, DEFAULT, use_algorithm
 from lightning_split.planning.planner import (
     Plan,
     PlanningError,
@@ -370,8 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated zoo models to run (default: all; 'none' for none)")
     parser.add_argument("--nodes", help="comma-separated synthetic sizes (default: 1000,2500,5000,10000)")
     parser.add_argument("--budget", type=float, help="seconds of repeats per measurement (default: 2; quick: 0.1)")
+    parser.add_argument("--engine", choices=ALGORITHMS, default=DEFAULT, help=f"min-cut engine (default: {DEFAULT})")
     args = parser.parse_args(argv)
+    with use_algorithm(args.engine):
+        return _run(parser, args)
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The benchmark proper, under the engine ``args.engine``."""
     started = time.perf_counter()
     names = QUICK_ZOO if args.quick else tuple(m.name for m in ZOO)
     if args.models:
@@ -448,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "exhaustive_max_nodes": EXHAUSTIVE_MAX_NODES,
             "exhaustive_max_placements": EXHAUSTIVE_MAX_PLACEMENTS,
             "growth_mbps": GROWTH_MBPS,
+            "engine": args.engine,
         },
         "agreement": agreement,
         "sound": sound,

@@ -150,13 +150,18 @@ class RunResult:
         return f"final: {acc or 'no accuracy logged'} | {traffic_text(self.traffic)} | {self.seconds:.1f} s"
 
 
+def format_mib(size: float) -> str:
+    """Bytes as MiB with two decimals."""
+    return f"{size / 2**20:.2f} MiB"
+
+
 def traffic_text(traffic: dict[str, float]) -> str:
     """The last training step's split traffic (``SplitStrategy.last_traffic``) as one readable phrase."""
     if not traffic:
         return "no split traffic (everything ran on the device)"
     return (
-        f"split traffic of the last step: {traffic['split/bytes_up'] / 2**20:.2f} MiB up, "
-        f"{traffic['split/bytes_down'] / 2**20:.2f} MiB down, {traffic['split/remote_s'] * 1e3:.1f} ms remote "
+        f"split traffic of the last step: {format_mib(traffic['split/bytes_up'])} up, "
+        f"{format_mib(traffic['split/bytes_down'])} down, {traffic['split/remote_s'] * 1e3:.1f} ms remote "
         f"({traffic['split/server_compute_s'] * 1e3:.1f} ms server compute)"
     )
 
@@ -180,8 +185,16 @@ def show_plan_logs() -> None:
         logger.addHandler(handler)
 
 
-def run(model_cls: type[CifarClassifier], args: argparse.Namespace, **model_kwargs: Any) -> RunResult:
-    """Train ``model_cls`` split between this process and a server, print the plan and a final line."""
+def run(
+    model_cls: type[CifarClassifier],
+    args: argparse.Namespace,
+    strategy_options: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> RunResult:
+    """Train ``model_cls`` split between this process and a server, print the plan and a final line.
+
+    ``strategy_options`` are further :class:`SplitStrategy` arguments (``costs``, ``plan_link``, ...).
+    """
     show_plan_logs()
     L.seed_everything(args.seed, verbose=False)
     loaders = [
@@ -197,7 +210,14 @@ def run(model_cls: type[CifarClassifier], args: argparse.Namespace, **model_kwar
     model = model_cls(lr=args.lr, weight_decay=args.weight_decay, **model_kwargs)
     # The embedded server hosts this very class; a remote one imports it by name.
     remote_name = model_spec(model_cls) if args.server else None
-    strategy = SplitStrategy(server=args.server, cut=args.cut, link=args.link, token=args.token, model=remote_name)
+    strategy = SplitStrategy(
+        server=args.server,
+        cut=args.cut,
+        link=args.link,
+        token=args.token,
+        model=remote_name,
+        **(strategy_options or {}),
+    )
     limit = args.limit_batches if args.limit_batches is not None else 1.0
     trainer = L.Trainer(
         strategy=strategy,

@@ -161,23 +161,28 @@ _PLAN_HELP = """\
 Plan the device/server placement of minimum predicted step time (docs/cost-model.md).
 
 From a profile file:   lightning-split plan PROFILE.json [--method blockwise|full] [--json]
-From a model (estimated from FLOPs, nothing is measured):
+From a model (estimated from FLOPs or hardware presets, nothing is measured):
   lightning-split plan --model pkg.module:Class --input-shape 32,3,32,32 [--device-gflops G]
       [--server-gflops G] [--uplink-mbps M] [--downlink-mbps M] [--rtt-ms R] [--out PROFILE.json] [--json]
-Either form takes --plot FILE.png|FILE.svg: the placed graph and the step time against bandwidth.
+  lightning-split plan --model pkg.module:Class --input-shape 32,3,32,32 --device jetson-nano --server t4
+      --link 50mbit,5ms [--json]      (presets: lightning_split.planning.hardware, e.g. raspberry-pi-4, a10)
+Either form takes --plot FILE.png|FILE.svg (the placed graph, the step time against bandwidth),
+--objective time|energy and --radio wifi|lte (the device's energy per step), and the pipelining flags.
 """
 
 # Options that only make sense when the profile is estimated from --model (a profile file
 # carries its own node costs and link).
+_LINK_NUMBERS = (("uplink_mbps", "--uplink-mbps"), ("downlink_mbps", "--downlink-mbps"), ("rtt_ms", "--rtt-ms"))
 _MODEL_ONLY = (
     ("input_shape", "--input-shape"),
     ("init_args", "--init-args"),
     ("leaf_module", "--leaf-module"),
     ("device_gflops", "--device-gflops"),
     ("server_gflops", "--server-gflops"),
-    ("uplink_mbps", "--uplink-mbps"),
-    ("downlink_mbps", "--downlink-mbps"),
-    ("rtt_ms", "--rtt-ms"),
+    ("device", "--device"),
+    ("server", "--server"),
+    ("link", "--link"),
+    *_LINK_NUMBERS,
     ("out", "--out"),
 )
 _DEFAULT_UPLINK_MBPS = mbit_per_s(DEFAULT_LINK.uplink_bytes_per_s)
@@ -206,6 +211,8 @@ def _add_plan_parser(commands: Any) -> None:
         metavar="FILE.png|FILE.svg",
         help="also draw the placed graph and the step time against bandwidth into this file (needs matplotlib)",
     )
+    plan.add_argument("--objective", choices=("time", "energy"), default="time", help="minimise this (default: time)")
+    plan.add_argument("--radio", choices=("wifi", "lte"), help="the device's radio, for its energy (default: wifi)")
     shape = plan.add_argument_group("pipelining, codecs and constraints (docs/cost-model.md)")
     shape.add_argument("--micro-batches", default="1", metavar="M|auto", help="micro-batches per step (default: 1)")
     shape.add_argument("--codec", choices=("none", "fp16", "bf16", "int8"), default="none", help="codec on the wire")
@@ -239,6 +246,9 @@ def _add_plan_parser(commands: Any) -> None:
         metavar="G",
         help=f"effective GFLOP/s of the server (default: {DEFAULT_SERVER_GFLOPS:g}, a T4 class GPU)",
     )
+    model.add_argument("--device", metavar="PRESET", help="device hardware preset (jetson-nano): its roofline")
+    model.add_argument("--server", metavar="PRESET", help="server hardware preset (t4): its roofline")
+    model.add_argument("--link", metavar="LINK", help="the link as text, e.g. 50mbit,5ms or 10mbit/50mbit,20ms")
     model.add_argument(
         "--uplink-mbps", type=float, metavar="M", help=f"device to server Mbit/s (default: {_DEFAULT_UPLINK_MBPS:g})"
     )
@@ -251,9 +261,9 @@ def _add_plan_parser(commands: Any) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from lightning_split.planning.constrained import plan_with_options
+    from lightning_split.planning.energy import energy_model_for
     from lightning_split.planning.planner import PlanningError
-    from lightning_split.report import render_plan
+    from lightning_split.report import plan_outcome
 
     if args.profile and args.model:
         raise CommandError("give either PROFILE.json or --model, not both")
@@ -268,28 +278,17 @@ def _plan(args: argparse.Namespace) -> int:
         profile, title = _estimate(args)
     else:
         raise CommandError("give a profile file (plan PROFILE.json) or a model (plan --model pkg.module:Class ...)")
-
-    micro_batches = _micro_batches(args.micro_batches)
+    shape = dict(micro_batches=_micro_batches(args.micro_batches), codec=args.codec, device_memory=args.device_memory)
+    shape["private_inputs"] = not args.no_private_inputs
     try:
-        outcome = plan_with_options(
-            profile,
-            args.method,
-            micro_batches,
-            args.codec,
-            private_inputs=not args.no_private_inputs,
-            device_memory=args.device_memory,
-        )
-    except PlanningError as exc:
+        outcome = plan_outcome(profile, args.method, args.objective, energy_model_for(profile, args.radio), **shape)
+    except (PlanningError, KeyError) as exc:  # KeyError: a profile naming an unknown hardware preset
         raise CommandError(_one_line(str(exc))) from exc
     for warning in outcome.warnings:
         print(warning, file=sys.stderr)
-    result, against = outcome.plan, outcome.baselines
     if args.plot:
-        _plot(profile, result, against, title, args.plot)
-    if args.json:
-        print(json.dumps(outcome.to_json()))
-    else:
-        print(render_plan(profile, result, against, title=title))
+        _plot(outcome, title, args.plot)
+    print(json.dumps(outcome.to_json()) if args.json else outcome.render(title))
     return 0
 
 
@@ -299,12 +298,12 @@ def _micro_batches(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
-def _plot(profile: Any, result: Any, against: dict[str, float], title: str, path: str) -> None:
+def _plot(outcome: Any, title: str, path: str) -> None:
     """Write the ``--plot`` figure; say where on stderr, so ``--json`` keeps stdout to its one object."""
     from lightning_split.plot import PlotError, plot_plan
 
     try:
-        written = plot_plan(profile, result, path, baselines=against, title=title)
+        written = plot_plan(outcome.profile, outcome.plan, path, outcome.baselines, title, found=outcome.resources)
     except PlotError as exc:
         raise CommandError(str(exc)) from exc
     except OSError as exc:
@@ -329,26 +328,11 @@ def _load_profile(path: str) -> tuple[Any, str]:
 
 def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
     """Import, build, trace and estimate the model of ``--model``; write ``--out`` if asked."""
-
-    from lightning_split.costs.estimate import (
-        DEFAULT_DEVICE_GFLOPS,
-        DEFAULT_SERVER_GFLOPS,
-        estimate_profile,
-        example_inputs_for,
-    )
+    from lightning_split.costs.estimate import estimate_profile, example_inputs_for
     from lightning_split.graph.capture import trace_module
-    from lightning_split.planning.profile import Link, ProfileError
 
     shape = _input_shape(args.input_shape) if args.input_shape is not None else None
-    uplink = _DEFAULT_UPLINK_MBPS if args.uplink_mbps is None else args.uplink_mbps
-    downlink = uplink if args.downlink_mbps is None else args.downlink_mbps
-    rtt = _DEFAULT_RTT_MS if args.rtt_ms is None else args.rtt_ms
-    link = Link.from_mbps(uplink, downlink, rtt)
-    try:
-        link.validate()
-    except ProfileError as exc:
-        raise CommandError(f"bad link (--uplink-mbps/--downlink-mbps/--rtt-ms): {exc}") from exc
-
+    link = _link(args)
     model, init_args = _build_model(args.model, args.init_args)
     try:
         inputs = example_inputs_for(model, shape)
@@ -361,13 +345,12 @@ def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
         raise CommandError(f"cannot trace {args.model}: {_one_line(str(exc))}") from exc
     try:
         profile = estimate_profile(
-            traced,
-            link,
-            device_gflops=DEFAULT_DEVICE_GFLOPS if args.device_gflops is None else args.device_gflops,
-            server_gflops=DEFAULT_SERVER_GFLOPS if args.server_gflops is None else args.server_gflops,
+            traced, link, args.device_gflops, args.server_gflops, device=args.device, server=args.server
         )
-    except ValueError as exc:
+    except (ValueError, KeyError) as exc:  # KeyError: an unknown hardware preset, the known ones named
         raise CommandError(_one_line(str(exc))) from exc
+    if args.radio:
+        profile.extra["radio"] = args.radio
     profile.extra["model"] = args.model
     if init_args:
         profile.extra["init_args"] = init_args
@@ -378,6 +361,23 @@ def _estimate(args: argparse.Namespace) -> tuple[Any, str]:
             raise CommandError(f"cannot write the profile to {args.out}: {exc.strerror or exc}") from exc
         logger.info("wrote the estimated profile to %s", args.out)
     return profile, args.model
+
+
+def _link(args: argparse.Namespace) -> Any:
+    """The link of ``--link`` or of ``--uplink-mbps``/``--downlink-mbps``/``--rtt-ms`` (not both)."""
+    from lightning_split.planning.profile import Link, ProfileError
+
+    numbers = [flag for attr, flag in _LINK_NUMBERS if getattr(args, attr) is not None]
+    if args.link is not None and numbers:
+        raise CommandError(f"give --link or {', '.join(numbers)}, not both")
+    uplink = _DEFAULT_UPLINK_MBPS if args.uplink_mbps is None else args.uplink_mbps
+    rtt_ms = _DEFAULT_RTT_MS if args.rtt_ms is None else args.rtt_ms
+    try:
+        link = Link.parse(args.link) if args.link is not None else Link.from_mbps(uplink, args.downlink_mbps, rtt_ms)
+        link.validate()
+    except ProfileError as exc:
+        raise CommandError(f"bad link (--link/--uplink-mbps/--downlink-mbps/--rtt-ms): {exc}") from exc
+    return link
 
 
 def _import_model_factory(spec: str) -> Any:

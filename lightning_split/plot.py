@@ -30,6 +30,7 @@ from typing import Any
 from lightning_split.planning.planner import Plan, plan, series_boundaries
 from lightning_split.planning.planner import baselines as planned_baselines
 from lightning_split.planning.profile import Link, Profile
+from lightning_split.planning.resources import Resources, resources
 from lightning_split.planning.units import bytes_per_s, format_bytes, mbit_per_s
 
 __all__ = [
@@ -275,7 +276,11 @@ def default_bandwidths(link: Link, points: int = 61) -> list[float]:
 
 
 def sweep(
-    profile: Profile, bandwidths: Sequence[float] | None = None, method: str = "blockwise", tolerance: float = 1.005
+    profile: Profile,
+    bandwidths: Sequence[float] | None = None,
+    method: str = "blockwise",
+    tolerance: float = 1.005,
+    pin_device: Collection[str] = (),
 ) -> Sweep:
     """Plan ``profile`` at each uplink bandwidth and locate every change of the optimal placement.
 
@@ -285,6 +290,7 @@ def sweep(
         method: the exact planning method, ``"blockwise"`` or ``"full"``.
         tolerance: a change between two sweep points is bisected (in log space) until the
             bandwidths on either side are within this ratio of each other.
+        pin_device: nodes every plan of the sweep keeps on the device (as the plan drawn did).
 
     Two placements are the same when they put the same nodes on the device. Between two
     sweep points whose placements differ, bisection finds the first change; if the placement
@@ -301,12 +307,12 @@ def sweep(
         raise ValueError(f"the bisection tolerance is a ratio above 1, got {tolerance!r}")
 
     def solve(at: float) -> Plan:
-        return plan(profile.with_link(scaled_link(profile.link, at)), method)
+        return plan(profile.with_link(scaled_link(profile.link, at)), method, pin_device)
 
     plans, costs_at = [], []
     for at in mbps:
         linked = profile.with_link(scaled_link(profile.link, at))
-        plans.append(plan(linked, method))
+        plans.append(plan(linked, method, pin_device))
         costs_at.append(planned_baselines(linked))
     changes: list[CutChange] = []
     for (left_at, left), (right_at, right) in zip(zip(mbps, plans), zip(mbps[1:], plans[1:])):
@@ -367,6 +373,8 @@ def plot_plan(
     title: str | None = None,
     bandwidths: Sequence[float] | None = None,
     max_nodes: int = 60,
+    found: Resources | None = None,
+    pin_device: Collection[str] = (),
 ) -> Path:
     """Draw ``placement`` of ``profile`` and its step time against bandwidth into ``path``.
 
@@ -379,6 +387,9 @@ def plot_plan(
         title: the figure title; defaults to the profile's ``model`` or ``name`` field.
         bandwidths: uplink Mbit/s to sweep (default :func:`default_bandwidths`).
         max_nodes: above this many nodes the graph panel shows blocks (see :func:`graph_view`).
+        found: the plan's device memory and energy, shown under the title (computed when not
+            given, :func:`lightning_split.planning.resources.resources`).
+        pin_device: the pins the plan was made with, which the sweep's plans keep too.
 
     Returns:
         The path written.
@@ -392,7 +403,7 @@ def plot_plan(
     plt = _pyplot()
     view = graph_view(profile, placement, max_nodes=max_nodes)
     method = placement.method if placement.method in _EXACT_METHODS else "blockwise"
-    curves = sweep(profile, bandwidths, method)
+    curves = sweep(profile, bandwidths, method, pin_device=pin_device)
     own = baselines if baselines is not None else planned_baselines(profile)
     name = title or profile.extra.get("model") or profile.extra.get("name") or "profile"
 
@@ -411,13 +422,22 @@ def plot_plan(
         _draw_sweep(sweep_axes, profile, placement, curves, own)
         figure.suptitle(
             f"{name}: predicted step {placement.predicted_step_s * 1e3:.1f} ms ({placement.method}), "
-            f"link {profile.link.describe()}",
+            f"link {profile.link.describe()}\n{_resources_line(found or resources(profile, placement.device))}",
             fontsize=11,
         )
-        figure.tight_layout(rect=(0, 0, 1, 0.97))
+        figure.tight_layout(rect=(0, 0, 1, 0.95))
         figure.savefig(path, dpi=100)
         plt.close(figure)
     return path
+
+
+def _resources_line(found: Resources) -> str:
+    """``device memory 12.3 MiB of 3.73 GiB, device energy 1.234 J per step (jetson-nano at 10 W, Wi-Fi)``."""
+    capacity = "" if found.capacity_bytes is None else f" of {format_bytes(found.capacity_bytes)}"
+    return (
+        f"device memory {format_bytes(found.memory.total)}{capacity}, device energy "
+        f"{found.energy.total_j:.3f} J per step ({found.model.describe()})"
+    )
 
 
 def _positions(view: GraphView) -> list[tuple[float, float]]:

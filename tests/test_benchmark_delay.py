@@ -50,7 +50,7 @@ def test_flop_costs_of_the_cached_unit_profile_equal_the_library_estimate():
 
     example = torch.randn(workload.input_shape)
     reference = estimate_profile(
-        trace_module(_tiny(), (example,)), Link.from_mbps(10), device.flop_gflops, server.flop_gflops
+        trace_module(_tiny(), (example,)), Link.from_mbps(10), device.sustained_gflops, server.sustained_gflops
     )
     assert [n.name for n in ours.nodes] == [n.name for n in reference.nodes]
     for mine, theirs in zip(ours.nodes, reference.nodes):

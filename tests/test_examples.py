@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -66,10 +67,46 @@ def test_demo_trains_split(in_tmp, capsys, caplog):
     """The README's demo (`python examples/cifar10_split.py`) passes options through to the ResNet-18 example."""
     from examples import cifar10_split
 
-    result = cifar10_split.main([*QUICK, "--cut", "layer2"])
+    result = cifar10_split.main([*QUICK, "--model", "resnet18", "--cut", "layer2"])
     assert_split_run(result, "cut=layer2")
     assert "net_layer2" in result.strategy.plan.spec.cut[0]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("final: train_acc=")
+
+
+@pytest.mark.slow
+def test_demo_plans_for_a_named_target_and_trains_that_split(in_tmp, capsys):
+    """By default the demo plans for a Jetson Nano and a T4 over 50 Mbit/s, says why, draws it and trains that cut."""
+    from examples import cifar10_split
+    from lightning_split.planning.constraints import private_input_violations
+
+    result = cifar10_split.main(QUICK)
+    out = capsys.readouterr().out
+    assert out.startswith("target nano-t4: a Jetson Nano and a T4 over 50 Mbit/s Wi-Fi")
+    assert "estimated by the roofline of jetson-nano and t4" in out
+    assert "Against the baselines" in out and "Device memory:" in out and "Device energy:" in out
+    assert "no raw input crosses: x stays on the device" in out
+    assert "wrote the plan picture to plan_nano-t4.png" in out
+    assert (in_tmp / "plan_nano-t4.png").read_bytes().startswith(b"\x89PNG")
+    assert_split_run(result, "auto")
+    placement = result.strategy.plan
+    assert placement.profile.extra["device"] == "jetson-nano" and placement.profile.extra["server"] == "t4"
+    assert result.strategy.link == Link.parse("50mbit,5ms") and placement.profile.link == Link.parse("50mbit,5ms")
+    assert not private_input_violations(placement.profile, placement.plan.device)
+    assert f"trained cut: {', '.join(placement.spec.cut)}" in out
+    traffic = next(line for line in out.splitlines() if line.startswith("traffic per step: predicted"))
+    up, down = (float(ratio) for ratio in re.search(r"\(([\d.]+)x and ([\d.]+)x", traffic).groups())
+    # What crossed is the predicted activations, gradients and outputs, plus the messages' headers.
+    assert 1.0 <= up < 1.5 and 1.0 <= down < 1.5, traffic
+
+
+def test_demo_targets_are_known_presets():
+    from examples import cifar10_split
+    from lightning_split.planning.hardware import preset, radio
+
+    assert "nano-t4" in cifar10_split.TARGETS and len(cifar10_split.TARGETS) >= 4
+    for target in cifar10_split.TARGETS.values():
+        assert preset(target.device, role="device") and preset(target.server, role="server")
+        assert Link.parse(target.link) and radio(target.radio)
 
 
 @pytest.mark.slow

@@ -51,18 +51,19 @@ ProfileBuilder = Callable[[TracedModel, Link], Profile]
 
 
 class EstimatedCosts:
-    """Node costs estimated from FLOPs (:func:`lightning_split.costs.estimate.estimate_profile`).
+    """Node costs estimated with no hardware at hand (:func:`lightning_split.costs.estimate.estimate_profile`).
 
     Args:
-        device_gflops, server_gflops: effective throughputs of both sides (default: the
-            estimate module's Jetson-class device and GPU-class server).
-        options: further keyword arguments of ``estimate_profile`` (``backward_factor``,
-            ``min_node_s``).
+        device_gflops, server_gflops: effective throughputs of both sides for the FLOP estimate
+            (default: the estimate module's Jetson-class device and GPU-class server).
+        options: further keyword arguments of ``estimate_profile``: ``device`` and ``server``
+            (hardware presets, costed by their roofline: ``{"device": "jetson-nano", "server":
+            "t4"}``), ``backward_factor``, ``min_node_s``, ``optimizer_slots``.
     """
 
     def __init__(self, device_gflops: float | None = None, server_gflops: float | None = None, **options: Any) -> None:
-        self.device_gflops = estimate.DEFAULT_DEVICE_GFLOPS if device_gflops is None else float(device_gflops)
-        self.server_gflops = estimate.DEFAULT_SERVER_GFLOPS if server_gflops is None else float(server_gflops)
+        self.device_gflops = None if device_gflops is None else float(device_gflops)
+        self.server_gflops = None if server_gflops is None else float(server_gflops)
         self.options = options
 
     def __call__(self, traced: TracedModel, link: Link) -> Profile:

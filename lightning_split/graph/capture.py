@@ -31,6 +31,7 @@ specialises on the example's shapes (see :meth:`TracedModel.graph_args`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +166,31 @@ def trace_module(
 
     Uninitialised lazy modules (``nn.LazyLinear``, ...) are materialised by the recording run,
     as by any first forward call; parameters are not snapshotted, everything else is restored.
+
+    An ambient ``torch.autocast`` (a mixed-precision training step's first forward) is turned off
+    while capturing: the graph is the module's own, in its own dtypes, the same on the device and
+    on a server that captures without one; the programs then run under whatever autocast their
+    caller opens.
     """
+    with _autocast_off():
+        return _capture(module, example_args, example_kwargs, leaf_modules, method)
+
+
+def _autocast_off() -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    for device_type in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+    return stack
+
+
+def _capture(
+    module: nn.Module,
+    example_args: tuple[Any, ...],
+    example_kwargs: Mapping[str, Any] | None,
+    leaf_modules: Iterable[str | type[nn.Module]],
+    method: str,
+) -> TracedModel:
     if not isinstance(module, nn.Module):
         raise TypeError(f"trace_module needs an nn.Module, got {type(module).__name__}")
     if method not in CAPTURE_METHODS:

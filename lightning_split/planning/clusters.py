@@ -25,7 +25,7 @@ from typing import Any
 from lightning_split.planning.costmodel import PlanningError
 from lightning_split.planning.cutgraph import INFEASIBLE, CostGraph, cut_edges
 from lightning_split.planning.exhaustive import Choices, cheapest_placement
-from lightning_split.planning.mincut import min_cut
+from lightning_split.planning.mincut import default_algorithm, min_cut
 from lightning_split.planning.ranges import SMALL_SEGMENT
 
 __all__ = ["Cluster", "Placement", "cluster_values", "core_mask", "find_clusters"]
@@ -135,7 +135,7 @@ def _cut(
 ) -> Placement | None:
     """One of :func:`cluster_values` by a min cut of the cluster, the core nodes it touches fixed on one side."""
     edges = cut_edges(costs, cluster.nodes, must_device, on_server, cluster.touched, core_on_device)
-    algorithm = "augmenting_path" if len(cluster.nodes) < SMALL_SEGMENT else "preflow_push"
+    algorithm = "augmenting_path" if len(cluster.nodes) < SMALL_SEGMENT else default_algorithm()
     try:
         value, source_side = min_cut(edges, algorithm)
     except PlanningError:

@@ -20,7 +20,8 @@ from typing import Any
 
 from lightning_split.planning.baselines import best_layerwise, device_only, server_only
 from lightning_split.planning.constraints import can_check_private_inputs, raw_nodes
-from lightning_split.planning.costmodel import Plan, graph_positions, make_plan
+from lightning_split.planning.costmodel import Plan, PlanningError, graph_positions, make_plan
+from lightning_split.planning.energy import EnergyModel
 from lightning_split.planning.pipelined import pipelined_step_time
 from lightning_split.planning.pipelined_planner import best_micro_batches, plan_pipelined, sequential_optimum
 from lightning_split.planning.planner import plan
@@ -58,11 +59,16 @@ def plan_with_options(
     device_memory: int | None = None,
     pin_device: Iterable[str] = (),
     pin_server: Iterable[str] = (),
+    objective: str = "time",
+    energy: EnergyModel | None = None,
 ) -> PlanOutcome:
     """Plan ``profile`` for ``micro_batches`` (an int or ``"auto"``), ``codec`` and the constraints.
 
     Private inputs on a profile without ``param_bytes`` cannot be checked: the plan is made
-    without them and a warning says so. Raises ``PlanningError`` when nothing is feasible.
+    without them and a warning says so. ``objective="energy"`` (the device's joules per step,
+    with ``energy`` as in :func:`~lightning_split.planning.planner.plan`) is planned for one
+    micro-batch without a codec or memory budget. Raises ``PlanningError`` when nothing is
+    feasible, or for the energy objective with the pipelined options.
     """
     started = time.perf_counter()
     warnings: list[str] = []
@@ -76,11 +82,18 @@ def plan_with_options(
     pins = dict(pin_device=tuple(pin_device), pin_server=tuple(pin_server))
     if micro_batches == 1 and codec == "none" and device_memory is None:
         device_pins = set(pins["pin_device"]) | (private_input_pins(profile) if private_inputs else set())
-        result = plan(profile, method, pin_device=sorted(device_pins), pin_server=pins["pin_server"])
+        pinned = dict(pin_device=sorted(device_pins), pin_server=pins["pin_server"])
+        result = plan(profile, method, **pinned, objective=objective, energy=energy)
         extra = {"micro_batches": 1, "codec": codec, "exact": True, "private_inputs": private_inputs}
         against = _baselines(profile, 1, codec)
-        against["sequential_optimum"] = result.predicted_step_s
+        fastest = result if objective == "time" else plan(profile, method, **pinned)
+        against["sequential_optimum"] = fastest.predicted_step_s
         return PlanOutcome(result, against, extra, tuple(warnings))
+    if objective != "time":
+        raise PlanningError(
+            f"objective={objective!r} plans one micro-batch without a codec or device memory budget; "
+            "drop --micro-batches/--codec/--device-memory, or plan for time"
+        )
     if micro_batches == "auto":
         chosen = best_micro_batches(profile, codec, **constraints, **pins)
     else:

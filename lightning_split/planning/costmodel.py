@@ -92,6 +92,7 @@ class Plan:
         predicted_step_s: ``T(D, S)`` of the placement, computed in float from the profile.
         breakdown: the terms of ``predicted_step_s``.
         solve_s: wall-clock seconds the planning call took.
+        objective: what the placement minimises: ``"time"`` or ``"energy"`` (the device's).
     """
 
     method: str
@@ -101,6 +102,7 @@ class Plan:
     predicted_step_s: float
     breakdown: Breakdown
     solve_s: float
+    objective: str = "time"
 
     def to_json(self, baselines: dict[str, float] | None = None) -> dict[str, Any]:
         """The ``plan --json`` object of ``docs/profile-format.md``.

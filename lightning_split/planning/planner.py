@@ -27,6 +27,11 @@ the entry point; each method lives in its own module:
     chains, Swin's constant biases) are grouped into clusters placed on their own
     (:mod:`~lightning_split.planning.clusters`), so that they do not hide the boundaries.
 
+Objectives: ``objective="time"`` (the default) minimises ``T``; ``objective="energy"`` the device's
+energy per step (:mod:`~lightning_split.planning.energy`). Energy is linear in the placement like
+time, so the energy objective is the same min cut of a profile rewritten into joules
+(:func:`~lightning_split.planning.energy.energy_profile`), with every method and pin.
+
 Baselines: ``"device_only"``, ``"server_only"`` and ``"best_layerwise"`` (the best feasible prefix
 of the profile order), as defined in ``docs/cost-model.md`` (:mod:`~lightning_split.planning.baselines`).
 ``"exhaustive"`` enumerates every feasible placement (:mod:`~lightning_split.planning.exhaustive`);
@@ -37,6 +42,7 @@ Every name of ``__all__`` is importable from here, wherever it is defined.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 
@@ -53,12 +59,14 @@ from lightning_split.planning.costmodel import (
     step_time,
 )
 from lightning_split.planning.cutgraph import CostGraph, resolve_pins
+from lightning_split.planning.energy import OBJECTIVES, EnergyModel, energy_model_for, energy_profile
 from lightning_split.planning.exhaustive import exhaustive
 from lightning_split.planning.profile import Profile
 from lightning_split.planning.ranges import full
 
 __all__ = [
     "METHODS",
+    "OBJECTIVES",
     "Breakdown",
     "Plan",
     "PlanningError",
@@ -83,8 +91,10 @@ def plan(
     method: str = "blockwise",
     pin_device: Iterable[str] = (),
     pin_server: Iterable[str] = (),
+    objective: str = "time",
+    energy: EnergyModel | None = None,
 ) -> Plan:
-    """Plan a placement of minimum predicted step time.
+    """Plan a placement of minimum predicted step time (or device energy per step).
 
     Parameters:
         profile: the cost graph and link.
@@ -93,10 +103,16 @@ def plan(
             graphs only) or a baseline: ``"device_only"``, ``"server_only"``, ``"best_layerwise"``.
         pin_device: names of nodes that must run on the device (exact methods only).
         pin_server: names of nodes that must run on the server (exact methods only).
+        objective: ``"time"`` (minimise ``T``) or ``"energy"`` (minimise the device's joules
+            per step, :func:`~lightning_split.planning.energy.step_energy`).
+        energy: the device's power and radio for ``"energy"`` (default: the profile's device
+            preset, :func:`~lightning_split.planning.energy.energy_model_for`).
 
     Returns:
         A :class:`Plan`. Both exact methods reach the same optimal ``T`` (up to the picosecond
-        rounding of the costs); when several placements tie, either may be returned.
+        rounding of the costs); when several placements tie, either may be returned. Its
+        ``predicted_step_s`` and ``breakdown`` are always the placement's step time; its
+        ``objective`` says what was minimised.
 
     Raises:
         PlanningError: an unknown method or pinned name, pins on a baseline, or pins that no
@@ -110,6 +126,14 @@ def plan(
         (('x', 'n0'), ('n0',), 6.0)
     """
     started = time.perf_counter()
+    if objective not in OBJECTIVES:
+        raise PlanningError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if objective == "energy":
+        joules = energy_profile(profile, energy or energy_model_for(profile))
+        chosen = plan(joules, method, pin_device, pin_server)
+        position = {name: i for i, name in enumerate(profile.names)}
+        timed = make_plan(profile, chosen.method, [position[name] for name in chosen.device], started)
+        return dataclasses.replace(timed, objective="energy")
     if method == "exhaustive":
         return exhaustive(profile, pin_device, pin_server)
     if method in _BASELINES:

@@ -6,18 +6,20 @@ the whole graph for ``"full"`` (:func:`full`), a segment between two boundaries 
 the :mod:`~lightning_split.planning.cutgraph` docstring explains: paid when some node is on the
 server, and all-device tried as well when nothing forces the server. With the blockwise
 shortcuts, ranges that are plain chains (such as two adjacent boundaries) are solved by a linear
-scan, ranges of fewer than :data:`SMALL_SEGMENT` nodes by augmenting paths, larger ones by networkx.
+scan, ranges of fewer than :data:`SMALL_SEGMENT` nodes by augmenting paths (scipy's call costs
+more than they do there), larger ones by :func:`~lightning_split.planning.mincut.default_algorithm`
+(scipy's compiled max-flow unless another is selected).
 """
 
 from __future__ import annotations
 
 from lightning_split.planning.cutgraph import CostGraph, cut_edges
-from lightning_split.planning.mincut import min_cut
+from lightning_split.planning.mincut import default_algorithm, min_cut
 
 __all__ = ["SMALL_SEGMENT", "full", "is_chain", "scan_chain", "solve_range"]
 
 SMALL_SEGMENT = 64
-"""Ranges (and clusters) of fewer nodes are cut by augmenting paths instead of networkx."""
+"""Ranges (and clusters) of fewer nodes are cut by augmenting paths instead of the compiled engine."""
 
 
 def full(costs: CostGraph, on_device: set[int], on_server: set[int]) -> list[int]:
@@ -40,12 +42,12 @@ def solve_range(
     :func:`~lightning_split.planning.cutgraph.cut_edges`). ``server_elsewhere`` says that some
     node outside the range is on the server, so the rtt term is paid whatever happens here;
     otherwise it is paid iff this range puts a node there. ``blockwise`` allows the shortcuts
-    for chains and small segments; without it the range is solved by :func:`networkx.minimum_cut`
-    (the ``"full"`` method).
+    for chains and small segments; without it the range is solved by one cut with
+    :func:`~lightning_split.planning.mincut.default_algorithm` (the ``"full"`` method).
     """
     if blockwise and is_chain(costs, lo, hi):
         return scan_chain(costs, lo, hi, on_device, on_server, server_elsewhere)
-    algorithm = "augmenting_path" if blockwise and hi - lo < SMALL_SEGMENT else "preflow_push"
+    algorithm = "augmenting_path" if blockwise and hi - lo < SMALL_SEGMENT else default_algorithm()
     value, source_side = min_cut(cut_edges(costs, range(lo, hi + 1), on_device, on_server), algorithm)
     device = sorted(v for v in source_side if lo <= v <= hi)
     any_server = len(device) < hi - lo + 1

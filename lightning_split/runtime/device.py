@@ -28,6 +28,7 @@ from lightning_split.graph.programs import (
     device_program,
     used_state,
 )
+from lightning_split.runtime.precision import autocast_dtype
 from lightning_split.transport import messages
 from lightning_split.transport.client import RemoteServer, Traffic
 from lightning_split.transport.optimizers import describe_optimizer, is_mirrorable, wire_hyperparameters
@@ -307,6 +308,7 @@ class SplitRuntime:
             grad=grad,
             rng=None if same else rng,  # unchanged since the server returned it: the server has it
             rng_same=same,
+            autocast=autocast_dtype(_first_device(values)),
         )
         (result,) = self.remote.call([op])
         if result.rng is not None:
@@ -382,6 +384,18 @@ class SplitRuntime:
             assert self.remote is not None
             self.remote.defer(messages.ScaleGrads(optimizer=index, coefficient=coefficient.detach().cpu()))
         return total
+
+    def unscale_server_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> bool:
+        """Unscale the server's gradients of ``optimizer`` (a gradient scaler's ``unscale_``).
+
+        Returns whether any of them is infinite or NaN, which the scaler must count as its own.
+        """
+        if not (self.is_split and self.remote is not None):
+            return False
+        index = self.index_of(optimizer)
+        self.remote.defer(messages.ScaleGrads(optimizer=index, coefficient=inv_scale.detach().float().cpu()))
+        (reply,) = self.remote.call([messages.GradNorms(optimizer=index, norm_type=float("inf"))])
+        return not all(bool(torch.isfinite(norm)) for norm in reply.norms.values())
 
     def clip_grad_value(self, optimizer: torch.optim.Optimizer, clip_value: float) -> None:
         index = self.index_of(optimizer)

@@ -29,7 +29,9 @@ from lightning_split.graph.capture import TracedModel, trace_module
 from lightning_split.graph.describe import example_of
 from lightning_split.graph.programs import SplitError, SplitSpec, device_spec_from_cut, make_spec, shared_across
 from lightning_split.planning import planner
+from lightning_split.planning.energy import EnergyModel, energy_model_for, step_energy
 from lightning_split.planning.profile import DEFAULT_LINK, Link, Profile
+from lightning_split.planning.resources import estimated_by, resources
 from lightning_split.planning.units import format_bytes
 from lightning_split.runtime.metrics import link_metrics
 
@@ -75,6 +77,8 @@ class Placement:
         pin_device, pin_server: the user's pins (kept so that a re-plan honours them).
         notes: how the costs and the link were obtained (for the log), e.g.
             ``{"costs": "measured", "profile_s": 1.2, "cache": "hit", "link": "measured"}``.
+        objective: what the plan minimises, ``"time"`` or ``"energy"`` (a re-plan keeps it).
+        energy: the device's power and radio for the energy (``None``: the profile's device preset).
     """
 
     traced: TracedModel
@@ -89,6 +93,8 @@ class Placement:
     pin_device: tuple[str, ...] = ()
     pin_server: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    objective: str = "time"
+    energy: EnergyModel | None = None
 
     @property
     def graph_module(self) -> fx.GraphModule:
@@ -109,7 +115,7 @@ class Placement:
             raise SplitError(f"a plan from {self.source} has no cost profile and cannot be re-planned; use cut='auto'")
         profile = self.profile.with_link(link)
         best, pins = _plan_keeping_tied_tensors(
-            self.graph_module, profile, self.method, set(self.pin_device), set(self.pin_server)
+            self.graph_module, profile, self.method, set(self.pin_device), set(self.pin_server), self._goal
         )
         return dataclasses.replace(
             self,
@@ -119,6 +125,10 @@ class Placement:
             baselines=planner.baselines(profile),
             pins=pins,
         )
+
+    @property
+    def _goal(self) -> _Objective:
+        return _Objective(self.objective, self.energy)
 
     def cut_rows(self) -> list[tuple[str, str, int]]:
         """(node, shape, bytes) of each tensor that crosses to the server."""
@@ -150,6 +160,7 @@ class Placement:
             lines.append(f"  predicted step: {predicted * 1e3:.2f} ms ({_profile_kind(self.profile)})")
             for name, value in self.baselines.items():
                 lines.append(f"    vs {name:<15} {value * 1e3:10.2f} ms")
+            lines.append("  " + self._resources_text(self.profile))
         if self.pins:
             lines.append(
                 "  pinned to keep tied tensors on one side: " + ", ".join(f"{k}->{v}" for k, v in self.pins.items())
@@ -162,6 +173,15 @@ class Placement:
         if notes:
             lines.append("  costs: " + ", ".join(f"{k}={_note(v)}" for k, v in notes.items()))
         return "\n".join(lines)
+
+    def _resources_text(self, profile: Profile) -> str:
+        device = [n.name for n in profile.nodes if n.name not in set(self.spec.server_nodes)]
+        found = resources(profile, device, self.energy)
+        goal = f", minimising {self.objective}" if self.objective != "time" else ""
+        return (
+            f"device memory {format_bytes(found.memory.total)}, device energy {found.energy.total_j:.3f} J "
+            f"per step ({found.model.describe()}{goal})"
+        )
 
     def summary(self) -> dict[str, Any]:
         """Flat values for ``logger.log_hyperparams``."""
@@ -198,6 +218,8 @@ def place_model(
     method: str = "blockwise",
     traced: TracedBatch | None = None,
     notes: Mapping[str, Any] | None = None,
+    objective: str = "time",
+    energy: EnergyModel | None = None,
 ) -> Placement:
     """Trace ``module`` on a batch and choose where each node runs.
 
@@ -216,6 +238,8 @@ def place_model(
         method: planner method.
         traced: a trace of this call made earlier (it is not traced again).
         notes: how costs and link were obtained, for the log (see :attr:`Placement.notes`).
+        objective: ``"time"`` or ``"energy"`` (the device's joules per step).
+        energy: the device's power and radio for ``"energy"`` (default: the profile's device preset).
     """
     batch = traced if traced is not None else trace_batch(module, args, kwargs, leaf_modules)
     gm = batch.traced.graph_module
@@ -240,7 +264,8 @@ def place_model(
     builder = profile_builder or EstimatedCosts()
     profile = builder(batch.traced, link)
     notes = {**getattr(builder, "notes", {}), **dict(notes or {})}
-    best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server))
+    goal = _Objective(objective, energy)
+    best, pins = _plan_keeping_tied_tensors(gm, profile, method, set(pin_device), set(pin_server), goal)
     return Placement(
         batch.traced,
         make_spec(gm, best.server),
@@ -254,14 +279,37 @@ def place_model(
         tuple(pin_device),
         tuple(pin_server),
         notes,
+        objective,
+        energy,
     )
 
 
+@dataclass(frozen=True)
+class _Objective:
+    """What a plan minimises, and the value of a plan under it."""
+
+    name: str = "time"
+    energy: EnergyModel | None = None
+
+    def plan(self, profile: Profile, method: str, pin_device: set[str], pin_server: set[str]) -> planner.Plan:
+        return planner.plan(profile, method, pin_device, pin_server, objective=self.name, energy=self.energy)
+
+    def value(self, profile: Profile, placement: planner.Plan) -> float:
+        if self.name == "time":
+            return placement.predicted_step_s
+        return step_energy(profile, placement.device, self.energy or energy_model_for(profile)).total_j
+
+
 def _plan_keeping_tied_tensors(
-    gm: fx.GraphModule, profile: Profile, method: str, pin_device: set[str], pin_server: set[str]
+    gm: fx.GraphModule,
+    profile: Profile,
+    method: str,
+    pin_device: set[str],
+    pin_server: set[str],
+    goal: _Objective = _Objective(),
 ) -> tuple[planner.Plan, dict[str, str]]:
     """Plan; if a tensor ends up used on both sides, try each side for each such tensor."""
-    best = planner.plan(profile, method, pin_device, pin_server)
+    best = goal.plan(profile, method, pin_device, pin_server)
     shared = shared_across(gm, make_spec(gm, best.server))
     if not shared:
         return best, {}
@@ -273,12 +321,12 @@ def _plan_keeping_tied_tensors(
         extra_device = {n for group, side in zip(groups, sides) if side == "device" for n in group}
         extra_server = {n for group, side in zip(groups, sides) if side == "server" for n in group}
         try:
-            candidate = planner.plan(profile, method, pin_device | extra_device, pin_server | extra_server)
+            candidate = goal.plan(profile, method, pin_device | extra_device, pin_server | extra_server)
         except planner.PlanningError:
             continue
         if shared_across(gm, make_spec(gm, candidate.server)):
             continue
-        if chosen is None or candidate.predicted_step_s < chosen[0].predicted_step_s:
+        if chosen is None or goal.value(profile, candidate) < goal.value(profile, chosen[0]):
             pins = {n: "device" for n in extra_device} | {n: "server" for n in extra_server}
             chosen = (candidate, pins)
     if chosen is None:
@@ -289,7 +337,7 @@ def _plan_keeping_tied_tensors(
 def _profile_kind(profile: Profile) -> str:
     if "costs_from" in profile.extra:
         return f"costs from {profile.extra['costs_from']}"
-    return "estimated from FLOPs" if profile.extra.get("estimated") else "measured"
+    return estimated_by(profile) or "measured"
 
 
 def _note(value: Any) -> str:

@@ -35,11 +35,13 @@ from typing_extensions import override
 from lightning_split.costs.sources import ProfileBuilder, cost_source
 from lightning_split.graph.describe import ModelDescription
 from lightning_split.graph.programs import SplitSpec
+from lightning_split.planning.energy import OBJECTIVES, EnergyModel
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.federation import FederatedRun, Federation
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.placement import Placement, place_model, trace_batch
+from lightning_split.runtime.precision import bridge_scaler
 from lightning_split.runtime.replan import LinkProbe, Replan, Replanner
 from lightning_split.serve.embedded import EmbeddedServer
 from lightning_split.serve.host import ModelHost
@@ -80,8 +82,10 @@ class SplitStrategy(SingleDeviceStrategy):
             assumed throughputs), or a ``Profile`` or profile file (its costs, matched by node
             name; a profile of another graph is an error).
         costs_options: options of the cost source: for ``"estimate"`` the keyword arguments
-            of :class:`~lightning_split.runtime.placement.EstimatedCosts` (``device_gflops``,
-            ``server_gflops``, ``backward_factor``, ``min_node_s``); for ``"measure"``
+            of :class:`~lightning_split.costs.sources.EstimatedCosts` (``device`` and ``server``
+            hardware presets, ``{"device": "jetson-nano", "server": "t4"}``, costed by their
+            roofline; or ``device_gflops``, ``server_gflops``, ``backward_factor``,
+            ``min_node_s``); for ``"measure"``
             ``warmup`` and ``repeats`` per node and ``cache`` (a directory, or ``False`` for
             no cache; default: :func:`lightning_split.costs.measure.default_cache_dir`).
         plan_link: the link to plan for, as text or ``Link``; ``None`` (the default) measures
@@ -93,6 +97,13 @@ class SplitStrategy(SingleDeviceStrategy):
             with the same node costs; when the optimal placement changes, the boundary moves
             before the next training batch (parameters, buffers and optimizer state of the
             nodes that change sides migrate). ``None``: plan once. Needs ``cut="auto"``.
+        objective: what ``cut="auto"`` minimises: ``"time"`` (the step time) or ``"energy"``
+            (the device's joules per step: its preset's power over its compute and waiting,
+            plus the radio's energy per byte; :mod:`lightning_split.planning.energy`).
+        energy: the device's power and radio
+            (:class:`~lightning_split.planning.energy.EnergyModel`, e.g.
+            ``EnergyModel.for_device("raspberry-pi-4", "lte")``); default: the device preset of
+            ``costs_options``, else an assumed Jetson Nano over Wi-Fi.
         federation: make this device one client of a federation that trains one model through
             the server (:class:`~lightning_split.runtime.federation.Federation`: sequential
             turns or SplitFed rounds); every client must use the same model and cut.
@@ -122,10 +133,14 @@ class SplitStrategy(SingleDeviceStrategy):
         probe_bytes: int | None = None,
         probe_repeats: int = 5,
         replan_every: int | None = None,
+        objective: str = "time",
+        energy: EnergyModel | None = None,
         federation: Federation | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, **kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
         if replan_every is not None and (not isinstance(replan_every, int) or replan_every < 1):
             raise ValueError(f"replan_every must be a positive number of optimizer steps or None, got {replan_every!r}")
         if replan_every is not None and cut != "auto":
@@ -153,6 +168,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self.probe_bytes = probe_bytes
         self.probe_repeats = probe_repeats
         self.replan_every = replan_every
+        self.objective = objective
+        self.energy = energy
         self.runtime: SplitRuntime | None = None
         self.plan: Placement | None = None
         self.placements: list[SplitSpec] = []
@@ -195,6 +212,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self._restore.append(
             lambda: [plugin.__dict__.pop(n, None) for n in ("clip_grad_by_norm", "clip_grad_by_value")]
         )
+        if getattr(plugin, "scaler", None) is not None:
+            self._restore.append(bridge_scaler(plugin.scaler, self._unscale_server_grads))
         for optimizer in self.optimizers:
             handle = optimizer.register_step_post_hook(self._after_step)
             self._restore.append(handle.remove)
@@ -301,6 +320,8 @@ class SplitStrategy(SingleDeviceStrategy):
             profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
+            objective=self.objective,
+            energy=self.energy,
         )
         if self.cut == "auto":
             self.plan.notes["plan_s"] = time.perf_counter() - link_started
@@ -387,6 +408,9 @@ class SplitStrategy(SingleDeviceStrategy):
         else:
             self.runtime.clip_grad_norm(optimizer, float(clip_val))
 
+    def _unscale_server_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> bool:
+        return self.runtime is not None and self.runtime.unscale_server_grads(optimizer, inv_scale)
+
     def _clip_grad_by_value(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
         if self.runtime is None:
             torch.nn.utils.clip_grad_value_(self.precision_plugin.main_params(optimizer), clip_val)
@@ -396,7 +420,8 @@ class SplitStrategy(SingleDeviceStrategy):
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
-        strategy_registry.register(cls.strategy_name, cls, description="split learning over websockets")
+        for name in STRATEGY_NAMES:
+            strategy_registry.register(name, cls, description="split learning over websockets", override=True)
 
 
 def _as_link(link: str | Link | None) -> Link | None:
@@ -442,4 +467,9 @@ def _embedded_factory(module: nn.Module) -> Any:
     return factory
 
 
-StrategyRegistry.register(SplitStrategy.strategy_name, SplitStrategy, description="split learning over websockets")
+#: the names ``Trainer(strategy=...)`` accepts for this strategy: ``"split"`` and the class paths, as
+#: LightningCLI passes ``--trainer.strategy=lightning_split.SplitStrategy`` on as a string (which
+#: Lightning lower-cases before it looks the name up).
+STRATEGY_NAMES = ("split", "lightning_split.splitstrategy", "lightning_split.runtime.strategy.splitstrategy")
+
+SplitStrategy.register_strategies(StrategyRegistry)

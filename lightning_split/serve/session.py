@@ -14,6 +14,7 @@ Optimizers are rebuilt from ``torch.optim`` by class name only.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -131,6 +132,7 @@ class ServerSession:
         grad: bool,
         rng_state: torch.Tensor | None = None,
         rng_same: bool = False,
+        autocast: str | None = None,
     ) -> tuple[list[Any], torch.Tensor | None]:
         """Run the suffix on the cut values; keep the graph for :meth:`backward` when ``grad``.
 
@@ -138,6 +140,8 @@ class ServerSession:
         CPU generator state after the suffix ran (so the device's random stream continues
         exactly as in local training). ``rng_same`` stands for the state the previous such
         forward returned (the device drew no random numbers since; 5 KB not sent again).
+        ``autocast`` is the dtype the device's forward ran under (``precision="bf16-mixed"``):
+        the suffix runs under the same autocast on this side's device, as it would unsplit.
         """
         rng_state = self._random_state(rng_state, rng_same)
         if len(values) != len(self.spec.cut):
@@ -146,7 +150,7 @@ class ServerSession:
             raise SessionError(f"forward sent {len(requires_grad)} requires_grad flags for {len(values)} values")
         if self.cut_meta is not None:
             for name, value, meta in zip(self.spec.cut, values, self.cut_meta):
-                _check_value(value, meta, f"cut value {name!r}", self.max_batch)
+                _check_value(value, meta, f"cut value {name!r}", self.max_batch, autocast)
         started = time.perf_counter()
         inputs: list[Any] = []  # the leaves whose .grad backward returns
         program_inputs: list[Any] = []
@@ -164,7 +168,7 @@ class ServerSession:
         try:
             if rng_state is not None:
                 torch.set_rng_state(rng_state)
-            with torch.set_grad_enabled(grad):
+            with torch.set_grad_enabled(grad), _autocast(self.device, autocast):
                 outputs = self.program(*program_inputs)
             rng_after = torch.get_rng_state() if rng_state is not None else None
             if rng_after is not None:
@@ -327,7 +331,9 @@ class ServerSession:
 
 
 def _forward(session: ServerSession, op: messages.Forward) -> messages.ForwardReply:
-    outputs, rng = session.forward(op.id, op.values, op.requires_grad, op.training, op.grad, op.rng, op.rng_same)
+    outputs, rng = session.forward(
+        op.id, op.values, op.requires_grad, op.training, op.grad, op.rng, op.rng_same, op.autocast
+    )
     return messages.ForwardReply(outputs=outputs, rng=rng, compute_s=session.compute_s)
 
 
@@ -365,13 +371,27 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_value(value: Any, meta: Any, what: str, max_batch: int) -> None:
-    """Check a received value against the traced structure (decoded metadata) before it is used."""
+def _autocast(device: torch.device, dtype: str | None) -> contextlib.AbstractContextManager:
+    """The device's autocast region on this side, or nothing when the device ran without one."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def _check_value(value: Any, meta: Any, what: str, max_batch: int, autocast: str | None = None) -> None:
+    """Check a received value against the traced structure (decoded metadata) before it is used.
+
+    Under autocast a floating-point value may also come in the autocast dtype (the prefix's
+    last op ran in it).
+    """
     if isinstance(meta, TensorMeta):
         shape, dtype = meta.shape, meta.dtype
         if not isinstance(value, torch.Tensor):
             raise SessionError(f"{what}: expected a tensor, got {_kind(value)}")
-        if str(value.dtype) != dtype or value.dim() != len(shape):
+        allowed = {dtype}
+        if autocast is not None and dtype.startswith(("torch.float", "torch.bfloat")):
+            allowed.add(f"torch.{autocast}")
+        if str(value.dtype) not in allowed or value.dim() != len(shape):
             raise SessionError(f"{what}: expected {dtype} of rank {len(shape)}, got {_kind(value)}")
         if tuple(value.shape[1:]) != tuple(shape[1:]) or (shape and not 0 < value.shape[0] <= max_batch):
             raise SessionError(
@@ -382,7 +402,7 @@ def _check_value(value: Any, meta: Any, what: str, max_batch: int) -> None:
         if not isinstance(value, tuple | list) or len(value) != len(meta):
             raise SessionError(f"{what}: expected a sequence of {len(meta)} values, got {_kind(value)}")
         for index, (item, item_meta) in enumerate(zip(value, meta)):
-            _check_value(item, item_meta, f"{what}[{index}]", max_batch)
+            _check_value(item, item_meta, f"{what}[{index}]", max_batch, autocast)
     elif isinstance(value, torch.Tensor) and isinstance(meta, ValueMeta):
         raise SessionError(f"{what}: expected a {meta.type_name}, got {_kind(value)}")
 

@@ -51,6 +51,7 @@ from lightning_split.transport.federation import FedJoin, FedJoinReply, FedSubmi
 from lightning_split.transport.schema import MappingReply, Message, Op, Reply, clip, kind
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "OPS",
     "SESSION_ID",
     "Backward",
@@ -92,6 +93,9 @@ __all__ = [
 
 #: a session id: what ``hello`` answers and ``resume`` names (it also names the session's state file).
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+#: the autocast dtypes a forward may ask the server to run its part under (mixed precision).
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 
 # -- replies --------------------------------------------------------------------------------
@@ -247,6 +251,12 @@ class Forward(Op):
     grad: bool
     rng: Tensor | None  # the device's CPU random state, when the two sides share random streams
     rng_same: bool = False  # the state is the one the server's last forward returned: not sent again
+    autocast: str | None = None  # the autocast dtype the device's forward ran under (mixed precision)
+
+    def _check(self) -> None:
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            choices = ", ".join(AUTOCAST_DTYPES)
+            raise self._fail("autocast", f"must be one of {choices} or null, got {clip(self.autocast)}")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -17,9 +17,10 @@ from lightning_split.report import format_bytes, render_plan
 from tests.helpers import ROOT
 
 DAGNET = ["--model", "tests.models:DagNet", "--input-shape", "4,1,8,8"]
-# The keys of docs/profile-format.md section 3, plus the pipelining and constraint fields of plan --json.
+# The keys of docs/profile-format.md section 3, the pipelining and constraint fields, memory and energy.
 KEYS = {"method", "device", "server", "cut", "predicted_step_s", "breakdown", "baselines", "solve_s"}
 KEYS |= {"micro_batches", "codec", "exact", "private_inputs"}
+KEYS |= {"objective", "memory", "energy", "baselines_energy_j"}
 TERMS = {"device_s", "server_s", "upload_s", "download_s", "rtt_s"}
 
 # The profile example of the original interface contract (the format: docs/profile-format.md), verbatim: its
