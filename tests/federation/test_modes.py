@@ -80,11 +80,16 @@ def run_clients(server: ServeProcess, mode: str, tmp_path, clients: int = CLIENT
     """
     steps = steps or (ROUND_STEPS, STEPS)
     outputs = [tmp_path / f"client{i}.pt" for i in range(clients)]
-    others = [ClientProcess(server, mode, i, clients, outputs[i], group, steps) for i in range(1, clients)]
-    for client, process in enumerate(others, start=1):
-        process.expect(f"client {client} waits for client(s) [0")
-    first = ClientProcess(server, mode, 0, clients, outputs[0], group, steps)
-    logs = [process.finish() for process in [first, *others]]
+    started = [ClientProcess(server, mode, i, clients, outputs[i], group, steps) for i in range(1, clients)]
+    try:
+        for client, process in enumerate(started, start=1):
+            process.expect(f"client {client} waits for client(s) [0")
+        started.insert(0, ClientProcess(server, mode, 0, clients, outputs[0], group, steps))
+        logs = [process.finish() for process in started]
+    finally:  # a failed or timed-out test leaves no client behind
+        for process in started:
+            if process.proc.poll() is None:
+                process.proc.kill()
     return [torch.load(path) for path in outputs], logs
 
 
@@ -168,6 +173,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 16 processes start on a shared CPU
 def test_sixteen_clients_in_one_splitfed_federation_finish_on_one_server(fed_server, tmp_path, record_property):
     clients = 16
     finals, _ = run_clients(fed_server, "splitfed", tmp_path, clients=clients, group="load", steps=(1, 2))
