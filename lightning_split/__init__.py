@@ -38,6 +38,7 @@ _EXPORTS = {
     "SplitStrategy": "lightning_split.runtime.strategy",
     "Codec": "lightning_split.transport.codecs",
     "register_codec": "lightning_split.transport.codecs",
+    "Federation": "lightning_split.runtime.federation",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -74,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-message-mb", type=float, default=512.0, help="largest message accepted, in MiB (default: 512)"
     )
+    serve.add_argument(
+        "--max-model-mb",
+        type=float,
+        help="largest model (parameters and buffers) a device may ask for, in MiB; checked on the meta device "
+        "before anything is allocated (default: a quarter of the server's memory)",
+    )
+    serve.add_argument(
+        "--max-example-mb",
+        type=float,
+        default=256.0,
+        help="largest example batch a device may ask the server to trace on, in MiB (default: 256)",
+    )
     serve.add_argument("--threads", type=int, help="torch CPU threads for the server's compute (default: torch's)")
     serve.add_argument(
         "--allow-tf32",
@@ -90,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from lightning_split.serve.app import ServerPolicy, SplitServer, bound_url
     from lightning_split.serve.host import ModelHost
+    from lightning_split.serve.limits import ModelLimits, default_max_model_bytes
     from lightning_split.transport import wire
 
     token = _read_token(args.token_file)
@@ -117,7 +130,13 @@ def _serve(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         state_every=max(1, args.state_every),
     )
-    host = ModelHost(lambda init: cls(**dict(init)), args.model, device=args.device, init_args=init_args)
+    limits = ModelLimits(
+        max_model_bytes=int(args.max_model_mb * 2**20)
+        if args.max_model_mb is not None
+        else default_max_model_bytes(args.device),
+        max_example_bytes=int(args.max_example_mb * 2**20),
+    )
+    host = ModelHost(lambda init: cls(**dict(init)), args.model, device=args.device, init_args=init_args, limits=limits)
     server = SplitServer(host, token=token, policy=policy)
 
     async def run() -> None:

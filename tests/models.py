@@ -198,3 +198,23 @@ class DigitsMLP(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class WideNet(L.LightningModule):
+    """An MLP on flattened digits whose hidden ``width`` a device chooses (the server's memory bound)."""
+
+    def __init__(self, width: int = 16, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.inp = nn.Linear(64, width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.inp(torch.flatten(x, 1))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)

@@ -39,6 +39,7 @@ from lightning_split.graph.programs import SplitSpec
 from lightning_split.planning.energy import OBJECTIVES, EnergyModel
 from lightning_split.planning.profile import Link, Profile
 from lightning_split.runtime.device import SplitRuntime
+from lightning_split.runtime.federation import FederatedRun, Federation
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.microbatch import (
     MicroBatching,
@@ -133,6 +134,9 @@ class SplitStrategy(SingleDeviceStrategy):
             (:class:`~lightning_split.planning.energy.EnergyModel`, e.g.
             ``EnergyModel.for_device("raspberry-pi-4", "lte")``); default: the device preset of
             ``costs_options``, else an assumed Jetson Nano over Wi-Fi.
+        federation: make this device one client of a federation that trains one model through
+            the server (:class:`~lightning_split.runtime.federation.Federation`: sequential
+            turns or SplitFed rounds); every client must use the same model and cut.
     """
 
     strategy_name = "split"
@@ -166,6 +170,7 @@ class SplitStrategy(SingleDeviceStrategy):
         device_memory: int | str | None = None,
         objective: str = "time",
         energy: EnergyModel | None = None,
+        federation: Federation | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, **kwargs)
@@ -176,6 +181,8 @@ class SplitStrategy(SingleDeviceStrategy):
             raise ValueError(f"replan_every must be a positive number of optimizer steps or None, got {replan_every!r}")
         if replan_every is not None and cut != "auto":
             raise ValueError("replan_every needs cut='auto': a fixed cut has nothing to re-plan")
+        if federation is not None and replan_every is not None:
+            raise ValueError("a federation trains every client on one placement: drop replan_every, or the federation")
         if isinstance(costs, str | Path) and costs not in ("measure", "estimate") and not Path(costs).is_file():
             raise ValueError(f"costs={costs!r}: expected 'measure', 'estimate', a Profile or a profile file")
         self.server_url = server
@@ -211,6 +218,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self._remote: RemoteServer | None = None
         self._embedded: EmbeddedServer | None = None
         self._restore: list[Any] = []
+        self.federation = federation
+        self._federated = FederatedRun(federation) if federation is not None else None
 
     @property
     def replans(self) -> list[Replan]:
@@ -257,6 +266,8 @@ class SplitStrategy(SingleDeviceStrategy):
     @override
     def teardown(self) -> None:
         try:
+            if self._federated is not None and self.runtime is not None:
+                self._federated.finish()
             self._close_runtime()
         finally:
             while self._restore:
@@ -269,6 +280,15 @@ class SplitStrategy(SingleDeviceStrategy):
         super().on_train_batch_start(batch, batch_idx)
         if self._replanner.take_due():
             self._replan()
+        if self._federated is not None:
+            self._federated.before_batch(batch)
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().training_step(*args, **kwargs)
+        if self._federated is not None:
+            self._federated.record_loss(output)
+        return output
 
     @override
     def on_exception(self, exception: BaseException) -> None:
@@ -362,6 +382,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self.runtime.open(self.optimizers)
         self.placements.append(self.plan.spec)
         log_hyperparams(self._attached_trainer, self.plan.summary())
+        if self._federated is not None:
+            self._federated.start(self.runtime, self._attached_trainer)
 
     def _resolve_micro_batches(
         self, config: MicroBatching, description: ModelDescription, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -434,6 +456,8 @@ class SplitStrategy(SingleDeviceStrategy):
             self.runtime.after_step(optimizer)
             self._traffic.after_step(self._attached_trainer, self.runtime)
             self._replanner.step_done()
+            if self._federated is not None:
+                self._federated.after_step()
 
     def _zero_grad(self, raw: torch.optim.Optimizer, original: Any, set_to_none: bool = True) -> None:
         original(raw, set_to_none=set_to_none)

@@ -39,6 +39,7 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from lightning_split.graph.programs import SplitError
+from lightning_split.serve.federation import HOLD_S, FederationTable, Waiting
 from lightning_split.serve.host import ModelHost
 from lightning_split.serve.session import SESSION_OPS
 from lightning_split.serve.sessions import SessionRecord, SessionTable
@@ -120,6 +121,7 @@ class SplitServer:
         self.limits = self.policy.limits
         self.store = StateStore(self.policy.state_dir) if self.policy.state_dir is not None else None
         self.sessions = SessionTable(host, self.store, self.policy.max_sessions, self.policy.session_ttl)
+        self.federations = FederationTable()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-compute")
         self.handlers: dict[type[messages.Op], _Handler] = {
             **dict.fromkeys(SESSION_OPS, self._on_session_op),
@@ -130,6 +132,9 @@ class SplitServer:
             messages.Step: self._on_step,
             messages.LoadOptimizerState: self._on_load_optimizer_state,
             messages.Close: self._on_close,
+            messages.FedJoin: lambda op, connection, point: self.federations.join(op, connection.session_for(op)),
+            messages.FedWait: lambda op, connection, point: self.federations.wait(op, connection.record),
+            messages.FedSubmit: lambda op, connection, point: self.federations.submit(op, connection.record),
         }
 
     def _authorize(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
@@ -154,14 +159,22 @@ class SplitServer:
                     await websocket.close(1001, f"idle for {self.policy.idle_timeout:g} s; reconnect to resume")
                     break
                 reply = await loop.run_in_executor(self.executor, self._answer, connection, message)
+                held = loop.time()
+                while isinstance(reply, Waiting):  # a fed_wait whose time has not come: wait off the compute thread
+                    await reply.wait()
+                    hold = loop.time() - held < HOLD_S
+                    reply = await loop.run_in_executor(self.executor, self._answer, connection, message, hold)
                 await websocket.send(reply)
         except ConnectionClosed:
             pass
         finally:
             self.sessions.detach(connection.record, websocket)
 
-    def _answer(self, connection: _Connection, message: Any) -> bytes:
-        """The reply to one message of ``connection`` (on the compute thread); never raises."""
+    def _answer(self, connection: _Connection, message: Any, hold: bool = True) -> bytes | Waiting:
+        """The reply to one message of ``connection`` (on the compute thread); never raises.
+
+        A ``fed_wait`` whose time has not come is not run but held (:class:`Waiting`) while ``hold``.
+        """
         try:
             request = connection.protocol.receive(message)
         except protocol.ProtocolError as exc:
@@ -171,6 +184,8 @@ class SplitServer:
             return connection.protocol.error(None, "protocol", f"{type(exc).__name__}: {exc}")
         if isinstance(request, bytes):
             return request
+        if hold and not self._federations_ready(request, connection):
+            return self.federations.waiting()
         results: list[messages.Reply | None] = [None] * request.skip
         try:
             for index in range(request.skip, len(request.ops)):
@@ -185,6 +200,13 @@ class SplitServer:
         except (TypeError, ValueError) as exc:  # a result the wire cannot carry is a bug; keep serving
             log.error("reply to request %s cannot be encoded:\n%s", request.seq, traceback.format_exc())
             return connection.protocol.error(request, "internal", f"the reply cannot be encoded: {exc}")
+
+    def _federations_ready(self, request: protocol.Request, connection: _Connection) -> bool:
+        try:
+            return all(self.federations.ready(op, connection.record) for op in request.ops[request.skip :])
+        except Exception:  # a bug must not hold the request: run it, and let its handler report
+            log.error("federation check failed:\n%s", traceback.format_exc())
+            return True
 
     def _run(self, op: messages.Op, connection: _Connection, point: Point) -> messages.Reply | None:
         handler = self.handlers.get(type(op))
@@ -244,6 +266,7 @@ class SplitServer:
         self.sessions.persist(record, point)
 
     def _on_close(self, op: messages.Close, connection: _Connection, point: Point) -> None:
+        self.federations.leave(connection.session_for(op))
         self.sessions.close(connection.session_for(op))
         connection.record = None
 
@@ -260,6 +283,7 @@ class SplitServer:
         """Start listening; returns the websockets ``Server`` (its sockets tell the bound port)."""
         self._loop = asyncio.get_running_loop()
         self._reaper = self._loop.create_task(self._reap())
+        self.federations.bind(self._loop)
         return await serve(
             self.handle,
             host,

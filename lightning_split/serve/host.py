@@ -18,6 +18,7 @@ from torch import nn
 from lightning_split.costs.measure import hardware_name, time_node_costs
 from lightning_split.graph.capture import TracedModel, TraceError, trace_module
 from lightning_split.graph.programs import SplitError, SplitSpec, graph_summary, make_spec, materialize_skeleton
+from lightning_split.serve.limits import ModelLimits
 from lightning_split.serve.session import ServerSession
 from lightning_split.transport import messages
 from lightning_split.transport.optimizers import OptimizerSpec, resolve_optimizer
@@ -34,6 +35,8 @@ class ModelHost:
         name: the ``pkg.module:Class`` this host serves; a device naming another class is refused.
         device: where suffixes run.
         init_args: if given, used instead of the init arguments devices send.
+        limits: the largest model and example batch a device may make this host build
+            (default: no bound; ``serve`` sets one).
     """
 
     def __init__(
@@ -42,8 +45,10 @@ class ModelHost:
         name: str,
         device: str | torch.device = "cpu",
         init_args: Mapping[str, Any] | None = None,
+        limits: ModelLimits | None = None,
     ) -> None:
         self.factory = factory
+        self.limits = limits or ModelLimits()
         self.name = name
         self.device = torch.device(device)
         self.init_args = dict(init_args) if init_args is not None else None
@@ -101,6 +106,8 @@ class ModelHost:
                 f"--model {model.model}"
             )
         init_args = self.init_args if self.init_args is not None else model.init_args
+        self.limits.check_example(model.example)
+        self.limits.check_model(self.factory, init_args)
         try:
             instance = self.factory(init_args)
         except Exception as exc:

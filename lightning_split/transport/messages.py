@@ -31,6 +31,8 @@ runs the session ops; the websocket app the rest):
 ``load_optimizer_state``
 ``profile``, ``ping``       measure the server's node costs; probe the link
 ``close``                   end the session
+``fed_join``, ``fed_wait``  many devices, one model (see
+``fed_submit``              :mod:`lightning_split.transport.federation`)
 ==========================  ========================================================
 """
 
@@ -46,6 +48,7 @@ from torch import Tensor
 
 from lightning_split.transport.codecs import CODECS
 from lightning_split.transport.errors import ProtocolError
+from lightning_split.transport.federation import FedJoin, FedJoinReply, FedSubmit, FedWait, FedWaitReply
 from lightning_split.transport.schema import MappingReply, Message, Op, Reply, clip, kind
 
 __all__ = [
@@ -56,6 +59,11 @@ __all__ = [
     "BackwardReply",
     "ClipGradValue",
     "Close",
+    "FedJoin",
+    "FedJoinReply",
+    "FedSubmit",
+    "FedWait",
+    "FedWaitReply",
     "Forward",
     "ForwardReply",
     "GradNorms",
@@ -404,6 +412,9 @@ OPS: Mapping[str, type[Op]] = types.MappingProxyType(
             Profile,
             Ping,
             Close,
+            FedJoin,  # the federation ops: lightning_split.transport.federation
+            FedWait,
+            FedSubmit,
         )
     }
 )

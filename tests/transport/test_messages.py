@@ -61,6 +61,19 @@ EXAMPLES: list[Message] = [
         measure_s=1.5,
     ),
     messages.PingReply(payload=torch.zeros(3, dtype=torch.uint8), hardware="some CPU", torch="2.0"),
+    messages.FedJoin(group="digits", clients=3, client=1, mode="splitfed", round_steps=5, timeout=30.0),
+    messages.FedWait(round=2, hold=False),
+    messages.FedSubmit(round=2, samples=160, sealed=torch.arange(5, dtype=torch.uint8), state={}, loss=0.5),
+    messages.FedJoinReply(joined=[0, 1], round=0),
+    messages.FedWaitReply(
+        ready=True,
+        round=2,
+        waiting_for=[],
+        skipped=[2],
+        sealed=torch.zeros(0, dtype=torch.uint8),
+        state={"stem.0.weight": torch.ones(8, 1, 3, 3)},
+        samples=480,
+    ),
 ]
 IDS = [type(example).__name__ for example in EXAMPLES]
 
@@ -123,6 +136,7 @@ def test_which_ops_are_deferred_and_which_are_unordered():
         "release",
         "load_optimizer_state",
         "close",
+        "fed_submit",
     }
 
 
