@@ -1,0 +1,7 @@
+"""``python -m lightning_split.cli``: the ``lightning-split`` command."""
+
+import sys
+
+from lightning_split.cli import main
+
+sys.exit(main())
