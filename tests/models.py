@@ -176,7 +176,8 @@ class DigitsMLP(L.LightningModule):
     """An MLP on the flattened digits: ``l1`` (64 -> ``hidden``), ReLU, ``head`` (``hidden`` -> 10).
 
     ``cut="l1"`` splits it after its first layer: the (batch, hidden) activations cross, and the
-    flatten before ``l1`` is a raw node (private inputs keep it on the device).
+    flatten before ``l1`` is a raw node (private inputs keep it on the device). A device choosing
+    ``hidden`` chooses the server's model size (the server's memory bound is tested with it).
     """
 
     def __init__(self, hidden: int = 256, lr: float = 1e-3) -> None:
@@ -198,23 +199,3 @@ class DigitsMLP(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-
-class WideNet(L.LightningModule):
-    """An MLP on flattened digits whose hidden ``width`` a device chooses (the server's memory bound)."""
-
-    def __init__(self, width: int = 16, lr: float = 0.1) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.inp = nn.Linear(64, width)
-        self.head = nn.Linear(width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.inp(torch.flatten(x, 1))))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
