@@ -375,6 +375,7 @@ def plot_plan(
     max_nodes: int = 60,
     found: Resources | None = None,
     pin_device: Collection[str] = (),
+    notes: Sequence[str] = (),
 ) -> Path:
     """Draw ``placement`` of ``profile`` and its step time against bandwidth into ``path``.
 
@@ -390,6 +391,8 @@ def plot_plan(
         found: the plan's device memory and energy, shown under the title (computed when not
             given, :func:`lightning_split.planning.resources.resources`).
         pin_device: the pins the plan was made with, which the sweep's plans keep too.
+        notes: more lines under the title (what the codec puts on the wire, whether a raw
+            input crosses: :meth:`lightning_split.report.PlanOutcome.crossing_lines`).
 
     Returns:
         The path written.
@@ -422,10 +425,11 @@ def plot_plan(
         _draw_sweep(sweep_axes, profile, placement, curves, own)
         figure.suptitle(
             f"{name}: predicted step {placement.predicted_step_s * 1e3:.1f} ms ({placement.method}), "
-            f"link {profile.link.describe()}\n{_resources_line(found or resources(profile, placement.device))}",
+            f"link {profile.link.describe()}\n{_resources_line(found or resources(profile, placement.device))}"
+            + "".join(f"\n{note}" for note in notes),
             fontsize=11,
         )
-        figure.tight_layout(rect=(0, 0, 1, 0.95))
+        figure.tight_layout(rect=(0, 0, 1, 0.95 - 0.02 * len(notes)))
         figure.savefig(path, dpi=100)
         plt.close(figure)
     return path

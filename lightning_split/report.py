@@ -115,6 +115,10 @@ class PlanOutcome:
         data.update(self.extra)
         return data
 
+    def crossing_lines(self) -> list[str]:
+        """What the codec puts on the wire and whether a raw input crosses (the report's lines, for the picture)."""
+        return _crossing_lines(self.profile, self.plan, self.extra)
+
     def render(self, title: str | None = None) -> str:
         """The text report (:func:`render_plan`)."""
         return render_plan(

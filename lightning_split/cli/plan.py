@@ -168,7 +168,15 @@ def _plot(outcome: Any, title: str, path: str) -> None:
     from lightning_split.plot import PlotError, plot_plan
 
     try:
-        written = plot_plan(outcome.profile, outcome.plan, path, outcome.baselines, title, found=outcome.resources)
+        written = plot_plan(
+            outcome.profile,
+            outcome.plan,
+            path,
+            outcome.baselines,
+            title,
+            found=outcome.resources,
+            notes=outcome.crossing_lines(),
+        )
     except PlotError as exc:
         raise CommandError(str(exc)) from exc
     except OSError as exc:

@@ -226,3 +226,16 @@ def test_sweep_rejects_bad_arguments() -> None:
         sweep(profile, tolerance=1.0)
     with pytest.raises(ValueError, match="exact method"):
         sweep(profile, method="device_only")
+
+
+def test_the_picture_says_what_crosses_and_the_codec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    figure = tmp_path / "dagnet.svg"
+    args = ["plan", "--model", "tests.models:DagNet", "--input-shape", "4,1,8,8", "--codec", "int8"]
+    args += ["--uplink-mbps", "1000", "--device-gflops", "0.1", "--plot", str(figure)]
+    assert main(args) == 0
+    report, _ = capsys.readouterr()
+    texts = "\n".join(svg_texts(figure))
+    crossing = [line.strip() for line in report.splitlines() if line.strip().startswith(("Codec", "No raw input"))]
+    assert crossing, report  # the plan splits, so the report has the lines the picture must show
+    for line in crossing:
+        assert line in texts
