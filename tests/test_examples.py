@@ -113,13 +113,21 @@ def test_demo_targets_are_known_presets():
 def test_auto_cut_is_the_planned_optimum(in_tmp, caplog):
     """With the default ``--cut auto`` the example trains on the planner's placement, whichever side wins."""
     from examples import cifar10_alexnet
+    from lightning_split.planning.baselines import best_layerwise, device_only, server_only
+    from lightning_split.planning.constraints import respects_private_inputs
 
     result = cifar10_alexnet.main(QUICK)
     plan = result.strategy.plan
     assert plan is not None and plan.source == "auto" and plan.plan is not None
     predicted = plan.predicted_step_s()
     assert predicted is not None and plan.baselines
-    assert all(predicted <= value * (1 + 1e-9) for value in plan.baselines.values()), plan.describe()
+    # Private inputs are on by default: the plan is optimal among the placements that keep the
+    # raw inputs on the device (server-only, and a layer-wise cut at the input, are not among them).
+    profile = plan.profile
+    assert respects_private_inputs(profile, plan.plan.device)
+    feasible = [b(profile) for b in (device_only, server_only, best_layerwise)]
+    feasible = [b.predicted_step_s for b in feasible if respects_private_inputs(profile, b.device)]
+    assert feasible and all(predicted <= value * (1 + 1e-9) for value in feasible), plan.describe()
     assert "placement (auto)" in caplog.text and "predicted step" in caplog.text
     assert math.isfinite(result.metrics["val_acc"])
 
