@@ -35,11 +35,16 @@ class Case:
     data: Callable[[], Any]
     init: dict[str, Any] = field(default_factory=dict)
     capture: str = "export"
+    # A transformer's attention mask is built from its input without parameters, so it counts as
+    # raw input (SPEC 1c) and every mid-network cut sends it: these cuts need private_inputs=False.
+    private_inputs: bool = True
 
 
 CASES = {
-    "gpt2": Case("Gpt2Zoo", "model.transformer.h.0", lambda: zoo_models.single_tokens(STEPS)),
-    "bert": Case("BertZoo", "model.bert.encoder.layer.0", lambda: zoo_models.tokens(STEPS, labels=3)),
+    "gpt2": Case("Gpt2Zoo", "model.transformer.h.0", lambda: zoo_models.single_tokens(STEPS), private_inputs=False),
+    "bert": Case(
+        "BertZoo", "model.bert.encoder.layer.0", lambda: zoo_models.tokens(STEPS, labels=3), private_inputs=False
+    ),
     "vit": Case(
         "TimmZoo",
         "net.blocks.0",
@@ -58,7 +63,7 @@ def _fit_pair(case: Case, url: str) -> tuple[Any, Any, SplitStrategy, MemoryLogg
     split = copy.deepcopy(local)
     torch.manual_seed(1)
     trainer(max_steps=STEPS).fit(local, case.data())
-    strategy, logger = SplitStrategy(server=url, cut=case.cut), MemoryLogger()
+    strategy, logger = SplitStrategy(server=url, cut=case.cut, private_inputs=case.private_inputs), MemoryLogger()
     torch.manual_seed(1)
     trainer(strategy, max_steps=STEPS, logger=logger, log_every_n_steps=1).fit(split, case.data())
     return local, split, strategy, logger
