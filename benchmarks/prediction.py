@@ -762,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             costs_options={"cache": cache_dir},
             micro_batches=micro_batches,
             micro_batch_statistics=micro_batches > 1,  # ResNet-18's BatchNorm: a timing run, not an exact one
+            private_inputs=False,  # the cost model is checked on every placement, server-only (raw input sent) too
         )
 
     started = time.perf_counter()
