@@ -84,6 +84,8 @@ def plan_with_options(
         device_pins = set(pins["pin_device"]) | (private_input_pins(profile) if private_inputs else set())
         pinned = dict(pin_device=sorted(device_pins), pin_server=pins["pin_server"])
         result = plan(profile, method, **pinned, objective=objective, energy=energy)
+        if objective == "time":
+            result = _cheaper_alone(profile, method, result, pinned)
         extra = {"micro_batches": 1, "codec": codec, "exact": True, "private_inputs": private_inputs}
         against = _baselines(profile, 1, codec)
         fastest = result if objective == "time" else plan(profile, method, **pinned)
@@ -116,6 +118,20 @@ def plan_with_options(
         "pipelined": chosen.terms.to_json(),
     }
     return PlanOutcome(result, against, extra, tuple(warnings))
+
+
+def _cheaper_alone(profile: Profile, method: str, result: Plan, pinned: dict[str, Any]) -> Plan:
+    """``result``, or the device-only placement where the per-message cost makes it faster.
+
+    The min cut charges no ``message_s``: it is a constant (two messages) of every placement
+    that uses the server, so it cannot change which of those is best, only whether using the
+    server pays at all, which this compares in the full step time ``T_1``.
+    """
+    if not result.server or pinned["pin_server"] or profile.link.per_message_s <= 0:
+        return result
+    alone = plan(profile, method, pin_device=list(profile.names), pin_server=())
+    step = lambda placed: pipelined_step_time(profile, placed.device, 1, "none").total  # noqa: E731
+    return alone if step(alone) < step(result) else result
 
 
 def _baselines(profile: Profile, micro_batches: int, codec: str) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """The pipelined planner against brute force over every subset of nodes, written plainly here."""
 
+import dataclasses
 import itertools
 import math
 import random
@@ -432,3 +433,18 @@ def test_a_wide_graph_past_the_cap_reports_a_certified_gap():
     exact = plan_pipelined(profile, 4, private_inputs=False)  # 3**9 placements: enumerated
     assert exact.exact and exact.evaluated > 500
     assert result.lower_bound <= exact.predicted_step_s * (1 + 1e-9) <= result.predicted_step_s * (1 + 2e-9)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_one_micro_batch_plan_counts_the_message_cost(seed):
+    """``plan_with_options`` at M=1 takes the sequential min cut, which charges no ``message_s``:
+    the placement it returns must still be a T_1 optimum (device-only where the messages make it faster)."""
+    from lightning_split.planning.constrained import plan_with_options
+
+    profile = random_profile(seed)
+    profile = dataclasses.replace(profile, link=dataclasses.replace(profile.link, message_s=0.3))
+    for private in (False, True):
+        optimum, _ = brute_force(profile, 1, "none", feasible_placements(profile, private))
+        outcome = plan_with_options(profile, "blockwise", micro_batches=1, private_inputs=private)
+        found = pipelined_step_time(profile, outcome.plan.device, 1, "none").total
+        assert found == pytest.approx(optimum, rel=1e-9, abs=1e-12)
