@@ -17,6 +17,7 @@ from lightning_split.cli.common import (
     input_shape,
     one_line,
 )
+from lightning_split.planning.pipelined import CODEC_RATIOS
 
 logger = logging.getLogger("lightning_split.cli")
 
@@ -81,7 +82,7 @@ def add_parser(commands: Any) -> None:
     plan.add_argument("--radio", choices=("wifi", "lte"), help="the device's radio, for its energy (default: wifi)")
     shape = plan.add_argument_group("pipelining, codecs and constraints (docs/cost-model.md)")
     shape.add_argument("--micro-batches", default="1", metavar="M|auto", help="micro-batches per step (default: 1)")
-    shape.add_argument("--codec", choices=("none", "fp16", "bf16", "int8"), default="none", help="codec on the wire")
+    shape.add_argument("--codec", choices=tuple(CODEC_RATIOS), default="none", help="codec on the wire")
     shape.add_argument("--no-private-inputs", action="store_true", help="let raw inputs cross to the server")
     shape.add_argument("--device-memory", type=int, metavar="BYTES", help="device training memory budget")
     model = plan.add_argument_group("estimating a profile from a model (instead of PROFILE.json)")

@@ -129,7 +129,7 @@ def _cheaper_alone(profile: Profile, method: str, result: Plan, pinned: dict[str
     """
     if not result.server or pinned["pin_server"] or profile.link.per_message_s <= 0:
         return result
-    alone = plan(profile, method, pin_device=list(profile.names), pin_server=())
+    alone = make_plan(profile, method, range(len(profile.nodes)), time.perf_counter())
     step = lambda placed: pipelined_step_time(profile, placed.device, 1, "none").total  # noqa: E731
     return alone if step(alone) < step(result) else result
 
