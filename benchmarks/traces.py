@@ -9,13 +9,14 @@ holds at each step on that step's link, summed over the trace:
   strategies that plan as ``SplitStrategy`` does: raw inputs kept on the device),
 - ``replan/N``: the optimal plan for the current link every ``N`` steps (what
   ``SplitStrategy(replan_every=N)`` does), paying its planning time (measured here, each
-  re-plan timed with ``time.perf_counter``) and, when the placement changes, its migration:
-  the parameters and optimizer state of the nodes that change sides (``param_bytes x (1 +
-  OPTIMIZER_SLOTS)``, Adam) sent over the link of that step, plus a round trip,
+  re-plan timed with ``time.perf_counter``) and, whenever the optimum moves, its migration as
+  the runtime makes it (:mod:`lightning_split.planning.migration`): the old server part's
+  parameters and optimizer state (``param_bytes x (1 + OPTIMIZER_SLOTS)``, Adam) home, the new
+  one's out, over the link of that step, plus a round trip per side with a server part
+  (``SplitStrategy(replan_every=N, replan_horizon=math.inf)``),
 - ``replan/N aware``: the same, but a re-plan moves the boundary only when the predicted
-  saving over the next ``N`` steps on the current link exceeds the migration it costs (a
-  policy of this benchmark, not of the library: ``SplitStrategy(replan_every=N)`` moves
-  whenever the optimum moves),
+  saving over the next ``N`` steps on the current link exceeds the migration it costs
+  (``move_pays``: what ``SplitStrategy(replan_every=N)`` does by default),
 - ``fixed``: the optimal plan for the first step's link, kept,
 - ``layerwise/N`` and ``layerwise fixed``: the best single split point of the graph order
   (Neurosurgeon-style), re-chosen every ``N`` steps (paying migration) or kept,
@@ -71,6 +72,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lightning_split.planning.constrained import plan_with_options
+from lightning_split.planning.migration import migration, move_pays
 from lightning_split.planning.planner import best_layerwise, device_only, plan, server_only, step_time
 from lightning_split.planning.profile import Link, NodeCost, Profile
 
@@ -165,19 +167,15 @@ def strategies(profile: Profile, every: Sequence[int]) -> list[Strategy]:
 
 
 def migration_s(profile: Profile, old: frozenset[str], new: frozenset[str], link: Link) -> float:
-    """Seconds to move the state of the nodes that change sides: device->server up, server->device down, one rtt."""
-    if old == new:
-        return 0.0
-    state = {n.name: (n.param_bytes or 0) * (1 + OPTIMIZER_SLOTS) for n in profile.nodes}
-    up = sum(state[name] for name in old - new)
-    down = sum(state[name] for name in new - old)
-    return up / link.uplink_bytes_per_s + down / link.downlink_bytes_per_s + link.rtt_s
+    """Seconds to move from device set ``old`` to ``new`` as the runtime does (server parts home and out)."""
+    names = frozenset(profile.names)
+    return migration(profile, names - old, names - new, OPTIMIZER_SLOTS).seconds(link)
 
 
 def _pays(profile: Profile, old: frozenset[str], new: frozenset[str], horizon: int | None) -> bool:
     """Whether moving from ``old`` to ``new`` saves more over ``horizon`` steps on this link than migrating costs."""
-    saving = step_time(profile, old).total - step_time(profile, new).total
-    return saving * (horizon or 1) > migration_s(profile, old, new, profile.link)
+    move_s = migration_s(profile, old, new, profile.link)
+    return move_pays(step_time(profile, old).total, step_time(profile, new).total, horizon or 1, move_s)
 
 
 def replay(profile: Profile, links: Sequence[Link], rule: Strategy, free: bool = False) -> dict[str, Any]:

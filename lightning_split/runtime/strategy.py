@@ -103,8 +103,12 @@ class SplitStrategy(SingleDeviceStrategy):
         probe_repeats: timed rounds per link measurement.
         replan_every: every this many optimizer steps, measure the link again and re-plan
             with the same node costs; when the optimal placement changes, the boundary moves
-            before the next training batch (parameters, buffers and optimizer state of the
-            nodes that change sides migrate). ``None``: plan once. Needs ``cut="auto"``.
+            before the next training batch (the server part's parameters, buffers and optimizer
+            state migrate), if the move pays (``replan_horizon``). ``None``: plan once. Needs ``cut="auto"``.
+        replan_horizon: a move is made only when the predicted step time it saves over this many
+            steps exceeds its predicted migration time (the state sent each way over the
+            measured link). ``None`` (the default): ``replan_every``, the steps until the next
+            re-plan; ``math.inf``: every move that saves time is made, whatever it migrates.
         micro_batches: cut every batch into this many micro-batches along dimension 0
             (``torch.tensor_split``: sizes differ by at most one sample) and pipeline them: the
             device computes micro-batch ``i + 1`` while ``i`` is on the wire and ``i - 1`` on the
@@ -163,6 +167,7 @@ class SplitStrategy(SingleDeviceStrategy):
         probe_bytes: int | None = None,
         probe_repeats: int = 5,
         replan_every: int | None = None,
+        replan_horizon: float | None = None,
         micro_batches: int | str = 1,
         micro_batch_statistics: bool = False,
         codec: str = "none",
@@ -181,6 +186,10 @@ class SplitStrategy(SingleDeviceStrategy):
             raise ValueError(f"replan_every must be a positive number of optimizer steps or None, got {replan_every!r}")
         if replan_every is not None and cut != "auto":
             raise ValueError("replan_every needs cut='auto': a fixed cut has nothing to re-plan")
+        if replan_horizon is not None and not (isinstance(replan_horizon, int | float) and replan_horizon > 0):
+            raise ValueError(
+                f"replan_horizon must be a positive number of steps (math.inf: every move), got {replan_horizon!r}"
+            )
         if federation is not None and replan_every is not None:
             raise ValueError("a federation trains every client on one placement: drop replan_every, or the federation")
         if isinstance(costs, str | Path) and costs not in ("measure", "estimate") and not Path(costs).is_file():
@@ -213,7 +222,8 @@ class SplitStrategy(SingleDeviceStrategy):
         self.runtime: SplitRuntime | None = None
         self.plan: Placement | None = None
         self.placements: list[SplitSpec] = []
-        self._replanner = Replanner(replan_every, LinkProbe(self.plan_link, probe_bytes, probe_repeats))
+        self.replan_horizon = replan_horizon
+        self._replanner = Replanner(replan_every, LinkProbe(self.plan_link, probe_bytes, probe_repeats), replan_horizon)
         self._traffic = TrafficLog()
         self._remote: RemoteServer | None = None
         self._embedded: EmbeddedServer | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 
 import lightning as L
 import pytest
@@ -40,13 +41,18 @@ class LinkSchedule(L.Callback):
             trainer.strategy.set_link_limit(self.limits[trainer.global_step])
 
 
-def replanning_strategy(server: str | None = None, link: str | None = None, every: int = 2) -> SplitStrategy:
+def replanning_strategy(
+    server: str | None = None, link: str | None = None, every: int = 2, horizon: float | None = math.inf
+) -> SplitStrategy:
+    """Re-planning over measured links; ``horizon=math.inf`` (these tests check the migration itself) moves
+    whenever the optimum moves, however much state the move sends over the slow link."""
     return SplitStrategy(
         server=server,
         link=link,
         costs="estimate",
         costs_options={"device_gflops": 0.1},
         replan_every=every,
+        replan_horizon=horizon,
         probe_bytes=8192,
         probe_repeats=2,
         private_inputs=False,  # the optimum moves between server-only (the raw input crosses) and device-only
@@ -109,6 +115,27 @@ def test_replan_against_a_serve_process_with_accumulation_equals_local(dagnet_se
     )
     assert [spec.cut for spec in strategy.placements] == [("x",), ()]
     assert [r.step for r in strategy.replans if r.moved] == [4]
+    assert_same_parameters(local, split)
+
+
+@pytest.mark.slow
+def test_a_move_that_would_not_repay_its_migration_is_declined_and_training_equals_local():
+    """Adam's DagNet over the slow link: the optimum moves home, but its state would take longer to come home
+    (at least 84 KB at 2 Mbit/s and two 40 ms round trips) than two steps of device-only save (device only
+    is 117 ms a step, the split at most about 2 x 40 ms + the input's 8 KiB dearer), so the cut stays."""
+    strategy = replanning_strategy(every=2, horizon=None)
+    local, split = fit_pair({"optimizer": "adam", "lr": 0.01}, strategy, {6: SLOW}, max_steps=10)
+    record = {r.step: r for r in strategy.replans}[6]
+    assert record.link.rtt_s >= 0.04, "measured through the emulated 40 ms"
+    assert record.old_cut == ("x",), "over the loopback everything but the input runs on the server"
+    assert record.optimal_cut == () and record.declined and not record.moved
+    assert record.new_cut == record.old_cut and record.new_predicted_s == record.old_predicted_s
+    plan = strategy.plan
+    assert plan is not None and plan.profile is not None and plan.spec.cut == ("x",)
+    device_only_s = plan.options.step_time(plan.profile, plan.profile.names)
+    assert record.migration_s > 2 * (record.old_predicted_s - device_only_s) > 0, "2 steps save less than the move"
+    assert "would not repay" in record.describe()
+    assert len(strategy.placements) == 1
     assert_same_parameters(local, split)
 
 
