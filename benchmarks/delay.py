@@ -456,12 +456,15 @@ def pipelined_grid(
     down_multiple: float,
     rtt_ms: float,
     cost_name: str = "roofline",
+    private_inputs: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per pair, model and uplink: ``T_M`` of the pipelined optimum (M auto) against T_1 baselines.
 
     The pipelined optimum is ``best_micro_batches`` over :data:`PIPELINED_MICRO_BATCHES`
-    (``lightning_split.planning.pipelined_planner``, no constraints); the sequential optimum,
-    the best layer-wise split and the inference-planned cuts (DADS-style) run with M=1.
+    (``lightning_split.planning.pipelined_planner``); the sequential optimum, the best
+    layer-wise split and the inference-planned cuts (DADS-style) run with M=1. With
+    ``private_inputs`` the two optima keep the raw inputs on the device (``SplitStrategy``'s
+    default); the layer-wise and DADS-style baselines stay unconstrained, as published.
     ``intermediate`` says whether the pipelined optimum keeps nodes on both sides.
     """
     from lightning_split.planning.pipelined_planner import best_micro_batches, sequential_optimum
@@ -475,8 +478,8 @@ def pipelined_grid(
             infer = costed_profile(unit, model, device, server, training=False)
             for mbps in bandwidths:
                 profile = train.with_link(training_link(mbps, down_multiple, rtt_ms))
-                piped = best_micro_batches(profile, candidates=PIPELINED_MICRO_BATCHES, private_inputs=False)
-                sequential = sequential_optimum(profile, private_inputs=False).predicted_step_s
+                piped = best_micro_batches(profile, candidates=PIPELINED_MICRO_BATCHES, private_inputs=private_inputs)
+                sequential = sequential_optimum(profile, private_inputs=private_inputs).predicted_step_s
                 inference = infer.with_link(inference_link(mbps, rtt_ms))
                 baselines = {
                     "sequential_optimum": sequential,
@@ -486,7 +489,8 @@ def pipelined_grid(
                 t = piped.predicted_step_s
                 rows.append({
                     "cost_model": cost_name, "pair": pair_name(pair), "model": name, "uplink_mbps": mbps,
-                    "pipelined_s": t, "micro_batches": piped.micro_batches, "exact": piped.exact,
+                    "private_inputs": private_inputs, "pipelined_s": t, "micro_batches": piped.micro_batches,
+                    "exact": piped.exact,
                     "intermediate": bool(piped.server) and any(profile.node(n).kind != "input" for n in piped.device),
                     "cut": list(piped.cut), "baselines_s": baselines,
                     "reduction": {k: 1.0 - t / v if v > 0 else 0.0 for k, v in baselines.items()},
@@ -496,17 +500,18 @@ def pipelined_grid(
 
 def pipelined_table(rows: list[dict[str, Any]]) -> str:
     """Per pair: where pipelining moves the optimum to an intermediate cut and by how much it beats M=1."""
-    header = ["pair", "rows", "M>1 chosen", "intermediate cut", "vs sequential best/median",
+    header = ["pair", "raw inputs", "rows", "M>1 chosen", "intermediate cut", "vs sequential best/median",
               "vs best_layerwise best/median", "vs dads_inference best/median"]  # fmt: skip
     out = []
-    for pair in dict.fromkeys(r["pair"] for r in rows):
-        sel = [r for r in rows if r["pair"] == pair]
+    for pair, private in dict.fromkeys((r["pair"], r.get("private_inputs", False)) for r in rows):
+        sel = [r for r in rows if r["pair"] == pair and r.get("private_inputs", False) == private]
 
         def cell(key: str, sel: list[dict[str, Any]] = sel) -> str:
             values = [r["reduction"][key] for r in sel]
             return f"{_pct(max(values))} / {_pct(statistics.median(values))}"
 
-        out.append([pair, str(len(sel)), str(sum(r["micro_batches"] > 1 for r in sel)),
+        out.append([pair, "on device" if private else "may cross", str(len(sel)),
+                    str(sum(r["micro_batches"] > 1 for r in sel)),
                     str(sum(r["intermediate"] for r in sel)), cell("sequential_optimum"), cell("best_layerwise"),
                     cell("dads_inference")])  # fmt: skip
     return render_table(header, out, left=1)
@@ -874,7 +879,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.codecs:
         return codec_rows(units, bandwidths, args)
     rows = run_grid(units, pairs, bandwidths, args.down_multiple, args.rtt_ms)
-    piped = pipelined_grid(units, pairs, bandwidths, args.down_multiple, args.rtt_ms) if args.pipelined else []
+    piped = []
+    if args.pipelined:
+        for private in (False, True):
+            piped += pipelined_grid(units, pairs, bandwidths, args.down_multiple, args.rtt_ms, private_inputs=private)
     summary = summarise(rows)
     sound = all(r["not_worse"] for r in rows)
 

@@ -142,3 +142,25 @@ def test_calibration_measures_the_gpu_and_compares_both_cost_models():
         assert row[cost_name]["predicted_step_s"] > row[cost_name]["predicted_forward_s"] > 0
         assert row[cost_name]["median_abs_log10_error"] >= 0
     assert result["measured_launch_us"] > 0
+
+
+def test_pipelined_grid_rows_are_the_constrained_optimum_never_worse_than_sequential():
+    from lightning_split.planning.constraints import raw_nodes
+
+    workload = delay.Workload("tiny", _tiny, (16, 3, 8, 8))
+    unit, _ = delay.unit_profile(workload, cache_dir=None)
+    rows = []
+    for private in (False, True):
+        rows += delay.pipelined_grid({"tiny": unit}, [("nano", "t4")], [1.0, 100.0], 1.0, 5.0, private_inputs=private)
+    keys = [(r["private_inputs"], r["uplink_mbps"]) for r in rows]
+    assert keys == [(False, 1.0), (False, 100.0), (True, 1.0), (True, 100.0)]
+    nano, t4 = delay.HARDWARE["nano"], delay.HARDWARE["t4"]
+    raw = set(raw_nodes(delay.costed_profile(unit, delay.RooflineCost(), nano, t4, training=True)))
+    assert raw, "the input and the first op before a parameter are raw"
+    for row in rows:
+        assert row["exact"]
+        assert row["pipelined_s"] <= row["baselines_s"]["sequential_optimum"] * (1 + 1e-9), "M=1 is a candidate"
+        if row["private_inputs"]:
+            assert not set(row["cut"]) & raw, "no raw value crosses"
+    table = delay.pipelined_table(rows)
+    assert "on device" in table and "may cross" in table
