@@ -3,6 +3,8 @@
 Before anything is collected, ``LIGHTNING_SPLIT_CACHE`` (and matplotlib's config directory)
 point into a fresh temporary directory of this run, removed at the end, so no verdict depends
 on, and no test writes to, the user's ``~/.cache``. Child processes inherit the environment.
+``serve`` processes and clients fork from one zygote (:mod:`tests.zygote`), which imports torch
+and Lightning once for the run; it stops at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import zygote
 from tests.helpers import ServeProcess
 
 ISOLATED = {"LIGHTNING_SPLIT_CACHE": "lightning-split-cache", "MPLCONFIGDIR": "matplotlib"}
@@ -28,6 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    zygote.close_shared()
     for name, value in _state.get("saved", {}).items():
         if value is None:
             os.environ.pop(name, None)

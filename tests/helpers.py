@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 
+from tests import zygote
+
 if TYPE_CHECKING:
     from lightning_split.runtime.device import SplitRuntime
 
@@ -28,17 +30,25 @@ STEPS = 20
 class ServeProcess:
     """A `lightning-split serve` child process; `url` is what it printed it listens on.
 
-    With ``verbose=True`` the server logs its progress (sessions opened and closed, idle
-    connections closed) to stderr, which :attr:`stderr` collects line by line.
+    The process is forked from the run's zygote (:mod:`tests.zygote`: a separate process
+    running ``python -m lightning_split.cli serve ...`` with torch and Lightning already
+    imported), unless ``fresh_interpreter=True`` (or ``LIGHTNING_SPLIT_TEST_FRESH=1`` in the
+    environment, for the whole run) starts a new interpreter. With
+    ``verbose=True`` the server logs its progress (sessions opened and closed, idle connections
+    closed) to stderr, which :attr:`stderr` collects line by line.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, verbose: bool = False, fresh_interpreter: bool = False
+    ) -> None:
         flags = ["--verbose"] if verbose else []
-        command = [sys.executable, "-m", "lightning_split.cli", *flags, "serve", "--port", "0", *args]
+        argv = ["-m", "lightning_split.cli", *flags, "serve", "--port", "0", *args]
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        if fresh_interpreter or os.environ.get("LIGHTNING_SPLIT_TEST_FRESH"):
+            pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+            self.proc: Any = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=self.env, **pipes)
+        else:
+            self.proc = zygote.shared().spawn(argv, cwd=ROOT, env=self.env)
         self.stderr: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
         line = self.proc.stdout.readline()
@@ -59,6 +69,24 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def run_python(
+    argv: list[str], cwd: str | Path = ROOT, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGV...`` (a script or ``-m module``) as a process forked from the run's zygote, run to its end.
+
+    Like ``subprocess.run(..., capture_output=True, text=True)``; ``env`` defaults to this
+    environment with the checkout on ``PYTHONPATH``.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if env is None else env
+    child = zygote.shared().spawn([str(a) for a in argv], cwd=cwd, env=env)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        raise
+    return subprocess.CompletedProcess([sys.executable, *argv], child.returncode or 0, out, err)
 
 
 def trainer(strategy: Any = None, **kwargs: Any) -> L.Trainer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 from lightning_split.costs.estimate import estimate_profile
 from lightning_split.graph.capture import trace_module
 from lightning_split.planning.profile import Link, NodeCost
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ def test_delay_benchmark_quick(tmp_path):
         "--charts", str(charts), "--cache", str(tmp_path / "cache"),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_python(command[1:], cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "vs dads_inference" in proc.stdout and "resnet18_cifar" in proc.stdout
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from lightning_split.planning import planner
 from lightning_split.planning.profile import Profile
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def test_prediction_benchmark_quick(tmp_path):
     out = tmp_path / "prediction.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "benchmarks/prediction.py", "--quick", "--out", str(out)]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = run_python(command[1:], cwd=ROOT, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "within 15% of the prediction" in proc.stdout and "local" in proc.stdout
 

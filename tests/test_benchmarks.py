@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +17,7 @@ def test_planner_benchmark_quick(tmp_path):
     cache = tmp_path / "cache"
     command = [sys.executable, "benchmarks/planner.py", "--quick", "--out", str(out), "--cache", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_python(command[1:], cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "agree" in proc.stdout and "resnet18" in proc.stdout and "residual_1000" in proc.stdout
 

@@ -8,7 +8,6 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 
 from examples import _cifar
 from lightning_split import Link
-from tests.helpers import ROOT, ServeProcess
+from tests.helpers import ROOT, ServeProcess, run_python
 
 QUICK = ["--limit-batches", "2", "--batch-size", "4", "--synthetic-size", "16"]
 
@@ -144,14 +143,7 @@ def test_two_terminals_serve_and_example_command(in_tmp):
     server = ServeProcess("--model", "examples.cifar10_alexnet:CifarAlexNet", "--token-file", str(in_tmp / "token.txt"))
     options = ["--server", server.url, "--token", "s3cret", "--cut", "features.2"]
     try:
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "cifar10_alexnet.py"), *QUICK, *options],
-            cwd=in_tmp,
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = run_python([ROOT / "examples" / "cifar10_alexnet.py", *QUICK, *options], cwd=in_tmp, env=server.env)
     finally:
         server.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import zygote
 from tests.helpers import ROOT, ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -26,17 +25,7 @@ def memory_kib(pid: int, field: str) -> int:
 
 def run_clients(url: str, seeds: list[int]) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.loadclient", url, str(seed)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in seeds
-    ]
+    procs = [zygote.shared().spawn(["-m", "tests.loadclient", url, str(seed)], cwd=ROOT, env=env) for seed in seeds]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
