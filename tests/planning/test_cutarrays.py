@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from benchmarks._common import residual_stack
 from lightning_split.planning import ranges
+from lightning_split.planning.batchcuts import csgraph_min_cuts, screened_min_cuts
 from lightning_split.planning.costmodel import PlanningError
-from lightning_split.planning.csgraph_flow import csgraph_min_cut, csgraph_min_cuts
+from lightning_split.planning.csgraph_flow import csgraph_min_cut
 from lightning_split.planning.cutarrays import INFINITE, range_cut_arrays
 from lightning_split.planning.cutgraph import CostGraph, cut_edges, resolve_pins
 from lightning_split.planning.mincut import SINK, SOURCE, use_algorithm
@@ -95,6 +96,32 @@ def test_batched_cuts_are_the_cuts_one_by_one(graphs):
     for (value, side), (batch_value, reached) in zip(singles, batched):
         back = {SOURCE if x == 0 else SINK if x == 1 else int(x) - 2 for x in reached}
         assert (batch_value, back) == (value, side)
+
+
+@SETTINGS
+@given(st.lists(edge_lists().map(bounded), min_size=1, max_size=4), st.data())
+def test_screened_cuts_keep_every_part_that_can_win(graphs, data):
+    """A part comes back exact or is screened only when its total cannot beat the ceiling or a part kept."""
+    singles = []
+    for edges in graphs:
+        try:
+            singles.append(csgraph_min_cut(edges, SOURCE, SINK))
+        except PlanningError:
+            return  # no finite cut: the batched call raises, as test_batched_cuts_are_the_cuts_one_by_one checks
+    lows = [data.draw(st.integers(0, 10**13)) for _ in graphs]
+    highs = [low + data.draw(st.sampled_from([0, 1, 10**9, 10**12])) for low in lows]
+    ceiling = data.draw(st.none() | st.integers(0, 3 * 10**13))
+    screened = screened_min_cuts([to_arrays(edges) for edges in graphs], lows, highs, ceiling)
+    kept_highs = [high + value for high, (value, _), result in zip(highs, singles, screened) if result is not None]
+    for low, (value, side), result in zip(lows, singles, screened):
+        if result is None:
+            assert (ceiling is not None and low + value >= ceiling) or any(h < low + value for h in kept_highs)
+        else:
+            back = {SOURCE if x == 0 else SINK if x == 1 else int(x) - 2 for x in result[1]}
+            assert (result[0], back) == (value, side)
+    least = min(low + value for low, (value, _) in zip(lows, singles))
+    if ceiling is None or least < ceiling:
+        assert kept_highs  # some part that can hold the least total is kept
 
 
 @pytest.mark.usefixtures("small_segments_batched")
