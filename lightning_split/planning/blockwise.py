@@ -317,8 +317,9 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
     Ranges for the compiled engine wait until the cheap ones (chains, small segments) have set
     the best value so far; those whose bound is still below it are then cut in one call
     (:func:`~lightning_split.planning.ranges.solve_ranges`), which drops after the engine's first
-    phase the ranges whose totals cannot beat the best or each other. A case left out has a
-    bound at or above a value found, or above another case's total, so the optimum is kept.
+    phase the ranges whose totals cannot beat the best or another's (the role that cutting the
+    likeliest range first used to play, at one compiled call instead of two). A case left out
+    has a bound at or above a value found, or above another case's total, so the optimum is kept.
     """
     best: list[tuple[int, _Case, list[int]]] = []
     deferred: list[_Case] = []
@@ -333,14 +334,13 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
             continue
         value, device = solve_range(layout.costs, lo, hi, *_pins(layout, case), case.server_elsewhere, True)
         _keep(best, case.constant + value, case, device)
-    for batch in (deferred[:1], deferred[1:]):  # the likeliest first: its value may rule the others out
-        batch = [case for case in batch if not best or case.lower < best[0][0]]
-        requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in batch]
-        constants = [case.constant for case in batch]
-        ceiling = best[0][0] if best else None
-        for case, solved in zip(batch, solve_ranges(layout.costs, requests, constants, ceiling)):
-            if solved is not None:  # None: screened out, its total cannot beat the best
-                _keep(best, case.constant + solved[0], case, solved[1])
+    batch = [case for case in deferred if not best or case.lower < best[0][0]]
+    requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in batch]
+    constants = [case.constant for case in batch]
+    ceiling = best[0][0] if best else None
+    for case, solved in zip(batch, solve_ranges(layout.costs, requests, constants, ceiling)):
+        if solved is not None:  # None: screened out, its total cannot beat the best
+            _keep(best, case.constant + solved[0], case, solved[1])
     assert best  # resolve_pins guarantees a feasible placement, which lies in some case
     return best[0][1], best[0][2]
 
