@@ -276,7 +276,8 @@ def _case(layout: _Layout, sums: _Sums, index: int, constant: int, server_elsewh
     # Some tensor of the range crosses when a device node has a path to a server node: from
     # the left boundary to the right one; from a core device node (an ancestor of the right
     # boundary) in the first range; from the left boundary to any server node in a last range
-    # of core nodes only.
+    # of core nodes only. When the left boundary feeds the right one directly (a DenseNet
+    # block's input reaches its closing concatenation), that tensor is one that crosses.
     server_pinned = index == k and any(lo <= v <= hi for v in layout.on_server)
     if 0 < index < k:
         crossing = True
@@ -286,7 +287,10 @@ def _case(layout: _Layout, sums: _Sums, index: int, constant: int, server_elsewh
         last_gap_has_cluster = any(attached.gap == k for attached in layout.clusters)
         crossing = not last_gap_has_cluster and (server_pinned or not server_elsewhere)
     if crossing and lo < hi:
-        lower += min(costs.xfer[lo:hi])
+        cheapest = min(costs.xfer[lo:hi])
+        if 0 < index < k and hi in costs.consumers[lo]:  # the left boundary's tensor feeds the right one: it crosses
+            cheapest = max(cheapest, costs.xfer[lo])
+        lower += cheapest
     if index == k and not server_pinned:  # all-device may be the best, and is cheaper than the bound
         rtt = costs.rtt2 if server_elsewhere else 0
         lower = min(lower, constant + sums.plain_device[hi + 1] - sums.plain_device[lo] + rtt)

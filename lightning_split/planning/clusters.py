@@ -57,7 +57,16 @@ class Cluster:
 
 
 def core_mask(costs: CostGraph) -> list[bool]:
-    """Which nodes are *core*: reachable from a model input and reaching a model output (two searches)."""
+    """Which nodes are *core*: reachable from a model input and reaching a model output (two searches).
+
+    When every node has a consumer or is an output, and an input or is a model input, every node
+    is core without a search: following consumers from any node ends at a node without any, an
+    output; following inputs back ends at a model input. That is the common case (no side nodes).
+    """
+    if all(c or o for c, o in zip(costs.consumers, costs.is_output)) and all(
+        i or m for i, m in zip(costs.inputs, costs.is_input)
+    ):
+        return [True] * costs.n
 
     def reached(starts: list[int], neighbours: list[Any]) -> list[bool]:
         seen = [False] * costs.n

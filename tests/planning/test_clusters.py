@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 
 from lightning_split.planning import clusters
 from lightning_split.planning.cutgraph import CostGraph, resolve_pins
-from tests.planning.test_planner import dag_profiles, pins_conflict
+from tests.planning.test_planner import dag_profiles, pins_conflict, residual_stack, side_structure
 
 
 def values(placement):
@@ -31,3 +31,18 @@ def test_cluster_values_match_enumeration_and_min_cut(case):
             shortcut = clusters._all_on_one_side(costs, cluster, core_on_device, must_device, on_server)
             if shortcut is not None:
                 assert shortcut[1] == (cluster.nodes if core_on_device else [])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag_profiles())
+def test_core_mask_matches_reachability(case):
+    """core_mask (its no-search shortcut included) is the nodes reachable from an input that reach an output."""
+    profile = case[0]
+    _, core, _ = side_structure(profile)
+    assert clusters.core_mask(CostGraph(profile)) == [name in core for name in profile.names]
+
+
+def test_core_mask_shortcut_on_a_graph_without_side_nodes():
+    """A residual stack has no side nodes: every node is core, by the shortcut."""
+    profile = residual_stack(5)
+    assert clusters.core_mask(CostGraph(profile)) == [True] * len(profile.nodes)
