@@ -20,8 +20,8 @@ cut ``c`` tightly:
 With the caller's constants a part's total lies in ``[low + L, high + U]``. A part whose lower
 end is at or above ``ceiling`` (the best total known) cannot improve on it, and one whose lower
 end exceeds the least upper end of all parts cannot be the minimum, whose own part is kept
-(``low <= high`` and ``L <= U``). The dropped parts' residual edges are zeroed, which cuts them
-off from the source, and the remaining phases run on the others, exactly as in the engine. On
+(``low <= high`` and ``L <= U``). The dropped parts are removed from the residual graph, and
+the remaining phases run on the others, exactly as in the engine. On
 the zoo's graphs at a slow link, every range is dropped after one phase where ``"full"`` needs
 two on the whole graph.
 """
@@ -83,9 +83,13 @@ def screened_min_cuts(
     if bound and lows is not None and highs is not None:
         _, reached = graph.phase(bound)
         kept = union.screen(graph, reached, lows, highs, ceiling)
-        graph.residual[~kept[union.part_of[graph.rows]] | ~kept[union.part_of[graph.indices]]] = 0
+        if not kept.all():  # go on with the kept parts only: no path joins them through the others
+            graph, old = graph.restricted(kept[union.part_of])
+            reached = np.searchsorted(old, reached[kept[union.part_of[reached]]])
+            _, side = graph.finish(graph.cut_capacity(reached), reached)
+            return union.split(old[side], kept)
         bound = graph.cut_capacity(reached)
-    return union.split(graph.finish(bound, reached)[1], kept)  # the kept parts' paths avoid the zeroed edges
+    return union.split(graph.finish(bound, reached)[1], kept)
 
 
 class _Union:

@@ -218,6 +218,26 @@ class Residual:
             return total, reached
         return total, self.reachable(self.residual)
 
+    def restricted(self, keep: np.ndarray) -> tuple[Residual, np.ndarray]:
+        """The residual graph on the vertices flagged in ``keep`` (the source and sink among them), as it stands.
+
+        Returns it and, per new vertex, its label here (increasing, so each row stays sorted).
+        Exact for the kept vertices when no positive residual path joins them through the others
+        (parts joined only at the source and sink, the rest dropped).
+        """
+        old = np.flatnonzero(keep)
+        label = np.full(self.n, -1, dtype=np.int64)
+        label[old] = np.arange(len(old))
+        entries = keep[self.rows] & keep[self.indices]
+        other = object.__new__(Residual)
+        other.n, other.s, other.t = len(old), int(label[self.s]), int(label[self.t])
+        other.rows = label[self.rows[entries]]
+        other.indices = label[self.indices[entries]].astype(self.indices.dtype)
+        other.indptr = np.zeros(other.n + 1, dtype=self.indptr.dtype)
+        np.cumsum(np.bincount(other.rows, minlength=other.n), out=other.indptr[1:])
+        other.residual, other.capacity = self.residual[entries], self.capacity[entries]
+        return other, old
+
     def reachable(self, residual: np.ndarray) -> np.ndarray:
         """Indices of the vertices the source reaches over positive entries of ``residual`` (over the pattern)."""
         positive = residual > 0
