@@ -338,6 +338,9 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
             continue
         value, device = solve_range(layout.costs, lo, hi, *_pins(layout, case), case.server_elsewhere, True)
         _keep(best, case.constant + value, case, device)
+    for case in deferred:  # cheap feasible placements first: when one meets its bound, no cut is needed
+        for value, device in _trivial_placements(layout, case):
+            _keep(best, case.constant + value, case, device)
     batch = [case for case in deferred if not best or case.lower < best[0][0]]
     requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in batch]
     constants = [case.constant for case in batch]
@@ -347,6 +350,28 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
             _keep(best, case.constant + solved[0], case, solved[1])
     assert best  # resolve_pins guarantees a feasible placement, which lies in some case
     return best[0][1], best[0][2]
+
+
+def _trivial_placements(layout: _Layout, case: _Case) -> list[tuple[int, list[int]]]:
+    """Two feasible placements of a middle case's range, with their values (rtt included): upper bounds.
+
+    With the left boundary ``lo`` on the device and the right one ``hi`` on the server: only
+    ``lo`` on the device (its tensor crosses), or all but ``hi`` (the tensors ``hi`` consumes
+    cross; no edge skips ``lo``, so they all come from the range). Each is feasible unless a pin
+    or an input in the range says otherwise. At DenseNet's slow links the first often meets the
+    case's lower bound, and then no range is cut at all.
+    """
+    if not 0 < case.index < len(layout.bounds):
+        return []
+    costs, (lo, hi) = layout.costs, _range(layout, case.index)
+    on_device, on_server = _pins(layout, case)
+    found = []
+    if on_device == {lo}:
+        found.append((costs.dev[lo] + sum(costs.srv[lo + 1 : hi + 1]) + costs.xfer[lo] + costs.rtt2, [lo]))
+    if on_server == {hi}:
+        crossing = sum(costs.xfer[u] for u in costs.inputs[hi])
+        found.append((sum(costs.dev[lo:hi]) + costs.srv[hi] + crossing + costs.rtt2, list(range(lo, hi))))
+    return found
 
 
 def _keep(best: list[tuple[int, _Case, list[int]]], total: int, case: _Case, device: list[int]) -> None:

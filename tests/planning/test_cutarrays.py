@@ -16,7 +16,7 @@ from lightning_split.planning.cutarrays import INFINITE, range_cut_arrays
 from lightning_split.planning.cutgraph import CostGraph, cut_edges, resolve_pins
 from lightning_split.planning.mincut import SINK, SOURCE, use_algorithm
 from lightning_split.planning.planner import exhaustive, plan
-from lightning_split.planning.profile import Link
+from lightning_split.planning.profile import Link, NodeCost, Profile
 from tests.planning.test_mincut import edge_lists
 from tests.planning.test_planner import dag_profiles, pins_conflict
 
@@ -156,3 +156,33 @@ def test_batched_blockwise_matches_every_engine_on_residual_stacks(mbps, monkeyp
     with use_algorithm("augmenting_path"):
         values += [plan(profile, method).predicted_step_s for method in ("full", "blockwise")]
     assert max(values) <= min(values) * (1 + TOL)
+
+
+def dense_blocks(blocks: int, layers: int, link: Link) -> Profile:
+    """DenseNet-like: each block's layers consume the block input and every earlier layer; a concat closes it."""
+    nodes = [NodeCost("x", "input", (), 4000, 0.0, 0.0)]
+    for b in range(blocks):
+        start, features = nodes[-1].name, [nodes[-1].name]
+        for i in range(layers):
+            name = f"b{b}_l{i}"
+            nodes.append(NodeCost(name, "op", tuple(features), 400, 0.004, 0.0004))
+            features.append(name)
+        nodes.append(NodeCost(f"b{b}_cat", "op", tuple(features), 200 + 1000 * (start == "x"), 0.001, 0.0001))
+    return Profile(nodes, [nodes[-1].name], link)
+
+
+@pytest.mark.parametrize("mbps", [0.1, 1.0, 10.0, 1000.0])
+def test_dense_blocks_plan_exactly(mbps):
+    """Blocks of 70 layers, so their ranges go to the compiled engine: blockwise equals full."""
+    profile = dense_blocks(3, 70, Link.from_mbps(mbps, rtt_ms=2.0))
+    assert plan(profile, "blockwise").predicted_step_s == pytest.approx(plan(profile, "full").predicted_step_s, rel=TOL)
+
+
+def test_a_range_whose_cheap_placement_meets_its_bound_is_not_cut(monkeypatch):
+    """At 0.1 Mbit/s the best cut sends the first block's closing tensor alone: found with no min cut at all."""
+    profile = dense_blocks(3, 70, Link.from_mbps(0.1, rtt_ms=2.0))
+    expected = plan(profile, "full")
+    monkeypatch.setattr(ranges, "screened_min_cuts", None)  # any call would fail
+    result = plan(profile, "blockwise")
+    assert result.cut == expected.cut == ("b0_cat",)
+    assert result.predicted_step_s == pytest.approx(expected.predicted_step_s, rel=TOL)
