@@ -6,6 +6,10 @@ Modules, bottom up (each imports only those above it):
   the profile JSON format.
 - :mod:`~lightning_split.planning.costmodel`: the cost model ``T(D, S)`` in float (``step_time``,
   ``is_feasible``) and the :class:`Plan` and :class:`PlanningError` the planners return and raise.
+- :mod:`~lightning_split.planning.csgraph_flow`, :mod:`~lightning_split.planning.cutarrays`,
+  :mod:`~lightning_split.planning.batchcuts`: the compiled engine (scipy's max-flow by exact
+  capacity scaling), cut graphs of ranges as arrays, and several ranges cut in one call with
+  those that cannot win dropped after one phase.
 - :mod:`~lightning_split.planning.mincut`: minimum s-t cuts of an integer edge list (networkx's
   preflow_push, or augmenting paths for small graphs).
 - :mod:`~lightning_split.planning.cutgraph`: the integer cost graph, pin checking, and the one

@@ -276,7 +276,8 @@ def _case(layout: _Layout, sums: _Sums, index: int, constant: int, server_elsewh
     # Some tensor of the range crosses when a device node has a path to a server node: from
     # the left boundary to the right one; from a core device node (an ancestor of the right
     # boundary) in the first range; from the left boundary to any server node in a last range
-    # of core nodes only.
+    # of core nodes only. When the left boundary feeds the right one directly (a DenseNet
+    # block's input reaches its closing concatenation), that tensor is one that crosses.
     server_pinned = index == k and any(lo <= v <= hi for v in layout.on_server)
     if 0 < index < k:
         crossing = True
@@ -286,7 +287,10 @@ def _case(layout: _Layout, sums: _Sums, index: int, constant: int, server_elsewh
         last_gap_has_cluster = any(attached.gap == k for attached in layout.clusters)
         crossing = not last_gap_has_cluster and (server_pinned or not server_elsewhere)
     if crossing and lo < hi:
-        lower += min(costs.xfer[lo:hi])
+        cheapest = min(costs.xfer[lo:hi])
+        if 0 < index < k and hi in costs.consumers[lo]:  # the left boundary's tensor feeds the right one: it crosses
+            cheapest = max(cheapest, costs.xfer[lo])
+        lower += cheapest
     if index == k and not server_pinned:  # all-device may be the best, and is cheaper than the bound
         rtt = costs.rtt2 if server_elsewhere else 0
         lower = min(lower, constant + sums.plain_device[hi + 1] - sums.plain_device[lo] + rtt)
@@ -316,10 +320,16 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
 
     Ranges for the compiled engine wait until the cheap ones (chains, small segments) have set
     the best value so far; those whose bound is still below it are then cut in one call
-    (:func:`~lightning_split.planning.ranges.solve_ranges`). A case left out has a bound at or
-    above a value found, so the optimum is kept.
+    (:func:`~lightning_split.planning.ranges.solve_ranges`), which drops after the engine's first
+    phase the ranges whose totals cannot beat the best or another's (the role that cutting the
+    likeliest range first used to play, at one compiled call instead of two). A case left out
+    has a bound at or above a value found, or above another case's total, so the optimum is kept.
     """
     best: list[tuple[int, _Case, list[int]]] = []
+    for case in cases:  # cheap feasible placements first: one that meets a bound ends the search early
+        if case.constant < INFEASIBLE:
+            for value, device in _trivial_placements(layout, case):
+                _keep(best, case.constant + value, case, device)
     deferred: list[_Case] = []
     for case in cases:
         if best and case.lower >= best[0][0]:
@@ -332,13 +342,37 @@ def _best_case(layout: _Layout, cases: list[_Case]) -> tuple[_Case, list[int]]:
             continue
         value, device = solve_range(layout.costs, lo, hi, *_pins(layout, case), case.server_elsewhere, True)
         _keep(best, case.constant + value, case, device)
-    for batch in (deferred[:1], deferred[1:]):  # the likeliest first: its value may rule the others out
-        batch = [case for case in batch if not best or case.lower < best[0][0]]
-        requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in batch]
-        for case, (value, device) in zip(batch, solve_ranges(layout.costs, requests)):
-            _keep(best, case.constant + value, case, device)
+    batch = [case for case in deferred if not best or case.lower < best[0][0]]
+    requests = [(*_range(layout, case.index), *_pins(layout, case), case.server_elsewhere) for case in batch]
+    constants = [case.constant for case in batch]
+    ceiling = best[0][0] if best else None
+    for case, solved in zip(batch, solve_ranges(layout.costs, requests, constants, ceiling)):
+        if solved is not None:  # None: screened out, its total cannot beat the best
+            _keep(best, case.constant + solved[0], case, solved[1])
     assert best  # resolve_pins guarantees a feasible placement, which lies in some case
     return best[0][1], best[0][2]
+
+
+def _trivial_placements(layout: _Layout, case: _Case) -> list[tuple[int, list[int]]]:
+    """Two feasible placements of a middle case's range, with their values (rtt included): upper bounds.
+
+    With the left boundary ``lo`` on the device and the right one ``hi`` on the server: only
+    ``lo`` on the device (its tensor crosses), or all but ``hi`` (the tensors ``hi`` consumes
+    cross; no edge skips ``lo``, so they all come from the range). Each is feasible unless a pin
+    or an input in the range says otherwise. At slow links the first often meets the case's
+    lower bound (DenseNet-201 at 15-20 Mbit/s), and then no range is cut at all.
+    """
+    if not 0 < case.index < len(layout.bounds):
+        return []
+    costs, (lo, hi) = layout.costs, _range(layout, case.index)
+    on_device, on_server = _pins(layout, case)
+    found = []
+    if on_device == {lo}:
+        found.append((costs.dev[lo] + sum(costs.srv[lo + 1 : hi + 1]) + costs.xfer[lo] + costs.rtt2, [lo]))
+    if on_server == {hi}:
+        crossing = sum(costs.xfer[u] for u in costs.inputs[hi])
+        found.append((sum(costs.dev[lo:hi]) + costs.srv[hi] + crossing + costs.rtt2, list(range(lo, hi))))
+    return found
 
 
 def _keep(best: list[tuple[int, _Case, list[int]]], total: int, case: _Case, device: list[int]) -> None:

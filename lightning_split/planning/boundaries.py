@@ -28,6 +28,9 @@ a cluster touching core nodes ``lo..hi`` blocks those strictly between, ``hi`` i
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import chain
+
+import numpy as np
 
 from lightning_split.planning.clusters import Cluster, core_mask, find_clusters
 from lightning_split.planning.cutgraph import CostGraph
@@ -42,36 +45,31 @@ def boundary_positions(
     """Positions of the boundaries of the core subgraph that no cluster blocks, in O(nodes + edges).
 
     Without ``core`` every node is core: the boundaries of the whole graph. See the module
-    docstring for the sweep and for which boundaries a cluster blocks.
+    docstring for the sweep (here a difference array summed by numpy) and for which boundaries
+    a cluster blocks.
     """
-    n, inputs, consumers = costs.n, costs.inputs, costs.consumers
-    opened = [0] * (n + 1)
-    last_source, first_sink = -1, n
-    for w in range(n):
-        if core is None:
-            sources = inputs[w]
-        elif core[w]:
-            sources = [u for u in inputs[w] if core[u]]
-        else:
-            continue
-        if not sources:
-            last_source = w
-        for u in sources:
-            opened[u + 1] += 1
-            opened[w] -= 1
-        if first_sink == n and not (consumers[w] if core is None else any(core[v] for v in consumers[w])):
-            first_sink = w
+    n, inputs = costs.n, costs.inputs
+    counts = np.fromiter(map(len, inputs), dtype=np.int64, count=n)
+    tails = np.fromiter(chain.from_iterable(inputs), dtype=np.int64, count=int(counts.sum()))
+    heads = np.repeat(np.arange(n), counts)
+    inner = np.ones(n, dtype=bool) if core is None else np.fromiter(core, dtype=bool, count=n)
+    both = inner[tails] & inner[heads]  # edges of the core subgraph
+    tails, heads = tails[both], heads[both]
+    opened = np.bincount(tails + 1, minlength=n + 1) - np.bincount(heads, minlength=n + 1)
     for cluster in clusters:
         for start, stop in _blocked(cluster):
             opened[start] += 1
             opened[stop] -= 1
-    result = []
-    spanning = 0
-    for p in range(n):
-        spanning += opened[p]
-        if spanning == 0 and last_source <= p <= first_sink and (core is None or core[p]):
-            result.append(p)
-    return result
+    has_input, has_consumer = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    has_input[heads] = True
+    has_consumer[tails] = True
+    sources, sinks = np.flatnonzero(inner & ~has_input), np.flatnonzero(inner & ~has_consumer)
+    last_source = int(sources[-1]) if len(sources) else -1
+    first_sink = int(sinks[0]) if len(sinks) else n
+    open_over = np.cumsum(opened[:n])
+    positions = np.arange(n)
+    usable = (open_over == 0) & inner & (positions >= last_source) & (positions <= first_sink)
+    return np.flatnonzero(usable).tolist()
 
 
 def _blocked(cluster: Cluster) -> Iterator[tuple[int, int]]:

@@ -57,7 +57,16 @@ class Cluster:
 
 
 def core_mask(costs: CostGraph) -> list[bool]:
-    """Which nodes are *core*: reachable from a model input and reaching a model output (two searches)."""
+    """Which nodes are *core*: reachable from a model input and reaching a model output (two searches).
+
+    When every node has a consumer or is an output, and an input or is a model input, every node
+    is core without a search: following consumers from any node ends at a node without any, an
+    output; following inputs back ends at a model input. That is the common case (no side nodes).
+    """
+    if all(c or o for c, o in zip(costs.consumers, costs.is_output)) and all(
+        i or m for i, m in zip(costs.inputs, costs.is_input)
+    ):
+        return [True] * costs.n
 
     def reached(starts: list[int], neighbours: list[Any]) -> list[bool]:
         seen = [False] * costs.n
@@ -122,12 +131,42 @@ def cluster_values(
     transfers of the core tensors it consumes (none of their core consumers is on the server in
     the cases that use this value). ``must_device`` and ``on_server`` are the pins (inputs
     included in ``must_device``). Clusters of fewer than ``_TINY_CLUSTER`` nodes are enumerated,
-    larger ones cut.
+    larger ones cut, unless the whole cluster on the core nodes' side is optimal (:func:`_all_on_one_side`).
     """
+    device_side = _all_on_one_side(costs, cluster, True, must_device, on_server)
+    server_side = _all_on_one_side(costs, cluster, False, must_device, on_server)
+    if device_side is not None and server_side is not None:  # ViT's dead ends: no work, no search
+        return device_side, server_side
     if len(cluster.nodes) < _TINY_CLUSTER:
         enumeration = _Enumeration(costs, cluster)
-        return enumeration.best(True, must_device, on_server), enumeration.best(False, must_device, on_server)
-    return _cut(costs, cluster, True, must_device, on_server), _cut(costs, cluster, False, must_device, on_server)
+        return (
+            device_side or enumeration.best(True, must_device, on_server),
+            server_side or enumeration.best(False, must_device, on_server),
+        )
+    return (
+        device_side or _cut(costs, cluster, True, must_device, on_server),
+        server_side or _cut(costs, cluster, False, must_device, on_server),
+    )
+
+
+def _all_on_one_side(
+    costs: CostGraph, cluster: Cluster, core_on_device: bool, must_device: set[int], on_server: set[int]
+) -> Placement | None:
+    """The whole cluster on the side of the core nodes it touches, when that is optimal; else ``None``.
+
+    On that side no tensor crosses (its core inputs and consumers are there too), so it costs
+    the sum of its nodes' compute there; every placement costs at least the sum of each node's
+    cheaper compute (transfers are not negative). So when no node is cheaper on the other side
+    and no pin (or input) forbids that side, it is optimal.
+    """
+    nodes = cluster.nodes
+    if core_on_device:
+        if any(v in on_server for v in nodes) or any(costs.srv[v] < costs.dev[v] for v in nodes):
+            return None
+        return sum(costs.dev[v] for v in nodes), list(nodes)
+    if any(v in must_device for v in nodes) or any(costs.dev[v] < costs.srv[v] for v in nodes):
+        return None
+    return sum(costs.srv[v] for v in nodes), []
 
 
 def _cut(

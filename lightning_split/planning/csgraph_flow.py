@@ -22,8 +22,9 @@ scaling, exactly:
    positive residual capacities: the smallest source side among the minimum cuts, the same
    one as the augmenting-path engine's, whatever flow scipy found.
 
-An infinite capacity (``None``) becomes one more than the sum of the finite ones, which no
-finite cut reaches; a flow that large means a path of infinite edges. Graphs whose capacities
+An infinite capacity (``None``) becomes one more than the pins' cut (the capacity leaving what
+the source reaches over infinite edges), a finite cut, so no minimum cut holds such an edge;
+when the sink itself is reached that way, every cut is infinite. Graphs whose capacities
 add up to more than :data:`MAX_TOTAL` (``2**62``, where ``int64`` would overflow) raise
 :class:`OverflowError`, and :func:`~lightning_split.planning.mincut.min_cut` falls back to the
 exact pure-Python engine for them.
@@ -39,7 +40,7 @@ from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from lightning_split.planning.costmodel import PlanningError
 
-__all__ = ["LIMIT", "MAX_TOTAL", "csgraph_min_cut", "csgraph_min_cut_arrays", "csgraph_min_cuts"]
+__all__ = ["LIMIT", "MAX_TOTAL", "Residual", "csgraph_min_cut", "csgraph_min_cut_arrays", "start_flow"]
 
 LIMIT = (1 << 30) - 1
 """The largest scaled capacity handed to scipy: a capacity plus a reverse flow stays below ``2**31``."""
@@ -77,21 +78,33 @@ def csgraph_min_cut_arrays(
         PlanningError: every cut is infinite.
         OverflowError: the capacities add up to :data:`MAX_TOTAL` or more.
     """
+    graph, value, bound = start_flow(tails, heads, capacities, vertices, source, sink)
+    pushed, reached = graph.finish(bound)
+    return value + pushed, reached
+
+
+def start_flow(
+    tails: np.ndarray, heads: np.ndarray, capacities: np.ndarray, vertices: int, source: int, sink: int
+) -> tuple[Residual, int, int]:
+    """Step 1 and the paths ``s -> v -> t`` of the module docstring: (residual, flow so far, bound on the rest).
+
+    An infinite edge (``-1``) gets one more than the pins' cut (:func:`_forced_cut`), which the
+    flow never reaches.
+
+    Raises:
+        PlanningError: every cut is infinite (the sink is reached over infinite edges).
+        OverflowError: the capacities add up to :data:`MAX_TOTAL` or more.
+    """
     finite = capacities >= 0
     forced = _forced_cut(tails, heads, capacities, finite, vertices, source, sink)
-    infinite = 1 + (int(capacities[finite].sum()) if forced is None else forced)
+    if forced is None:  # a path of infinite edges joins the source to the sink
+        raise PlanningError("no feasible placement satisfies the pins")
+    infinite = 1 + forced
     if infinite * 2 * (len(capacities) + 2) >= MAX_TOTAL:
         raise OverflowError("capacities too large for int64 residuals")
-    graph = _Residual(tails, heads, np.where(finite, capacities, infinite), vertices, source, sink)
+    graph = Residual(tails, heads, np.where(finite, capacities, infinite), vertices, source, sink)
     value = graph.saturate_two_edge_paths()
-    bound = graph.initial_bound() if forced is None else min(graph.initial_bound(), forced - value)
-    while bound and value < infinite:
-        pushed, reached = graph.phase(bound)
-        value += pushed
-        bound = min(bound - pushed, graph.cut_capacity(reached))
-    if value >= infinite:  # only a path of infinite edges carries this much
-        raise PlanningError("no feasible placement satisfies the pins")
-    return value, graph.reachable(graph.residual)
+    return graph, value, min(graph.initial_bound(), forced - value)
 
 
 def _forced_cut(
@@ -122,44 +135,7 @@ def _forced_cut(
     return int(capacities[finite & inside[tails] & ~inside[heads]].sum())
 
 
-def csgraph_min_cuts(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]]) -> list[tuple[int, np.ndarray]]:
-    """Minimum cuts of several graphs (source 0, sink 1 each, arrays as in :func:`csgraph_min_cut_arrays`) at once.
-
-    The graphs are joined at their sources and sinks into one graph: every source-sink path
-    lies in one of them, so a minimum cut of the union is a minimum cut of each, and its
-    smallest source side is the union of theirs. One compiled call instead of one per graph;
-    each part's value is its own edges' capacity across the cut.
-
-    Raises:
-        PlanningError: some part has no finite cut.
-        OverflowError: the capacities add up to :data:`MAX_TOTAL` or more.
-    """
-    offsets, total = [], 2
-    for _, _, _, vertices in parts:
-        offsets.append(total - 2)
-        total += vertices - 2
-
-    def relabel(labels: np.ndarray, offset: int) -> np.ndarray:
-        return np.where(labels < 2, labels, labels + offset)
-
-    tails = np.concatenate([relabel(t, off) for (t, _, _, _), off in zip(parts, offsets)])
-    heads = np.concatenate([relabel(h, off) for (_, h, _, _), off in zip(parts, offsets)])
-    capacities = np.concatenate([c for _, _, c, _ in parts])
-    _, reached = csgraph_min_cut_arrays(tails, heads, capacities, total, 0, 1)
-    inside = np.zeros(total, dtype=bool)
-    inside[reached] = True
-    results = []
-    for (t, h, c, vertices), offset in zip(parts, offsets):
-        t, h = relabel(t, offset), relabel(h, offset)
-        crossing = inside[t] & ~inside[h]
-        if (c[crossing] < 0).any():  # not reached when the union's value is finite; kept as a guard
-            raise PlanningError("no feasible placement satisfies the pins")
-        part = reached[(reached < 2) | ((reached >= offset + 2) & (reached < offset + vertices))]
-        results.append((int(c[crossing].sum()), relabel(part, -offset)))
-    return results
-
-
-class _Residual:
+class Residual:
     """Residual capacities over a fixed CSR pattern that holds both directions of every edge.
 
     ``residual[i]`` is the capacity left from ``rows[i]`` to ``indices[i]``; scipy returns its
@@ -178,6 +154,8 @@ class _Residual:
         )
         pattern.sum_duplicates()
         self.indptr, self.indices, self.residual = pattern.indptr, pattern.indices, pattern.data
+        self.capacity = self.residual.copy()
+        """The capacities over the pattern (``0`` for a reverse direction): ``capacity - residual`` is the flow."""
         self.rows = np.repeat(np.arange(n), np.diff(self.indptr))
 
     def saturate_two_edge_paths(self) -> int:
@@ -219,6 +197,46 @@ class _Residual:
             flow_data = np.asarray(flow[self.rows, self.indices], dtype=np.int64).ravel()
         self.residual = self.residual - k * flow_data
         return k * int(result.flow_value), self.reachable(scaled - flow_data)
+
+    def finish(self, bound: int, reached: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+        """Phases until no flow is left (at most ``bound``): (flow pushed, the smallest source side of the min cuts).
+
+        A phase whose reached set has no residual capacity leaving it ends the search, and that
+        set is the answer without another search: no positive residual edge leaves it, and it
+        holds only vertices reachable over positive residuals (a positive scaled residual is a
+        positive residual). ``reached``, if given, is such a set from an earlier phase.
+        """
+        total = 0
+        while bound:
+            pushed, reached = self.phase(bound)
+            total += pushed
+            left = self.cut_capacity(reached)
+            bound = min(bound - pushed, left)
+            if not left:
+                return total, reached
+        if reached is not None and not self.cut_capacity(reached):
+            return total, reached
+        return total, self.reachable(self.residual)
+
+    def restricted(self, keep: np.ndarray) -> tuple[Residual, np.ndarray]:
+        """The residual graph on the vertices flagged in ``keep`` (the source and sink among them), as it stands.
+
+        Returns it and, per new vertex, its label here (increasing, so each row stays sorted).
+        Exact for the kept vertices when no positive residual path joins them through the others
+        (parts joined only at the source and sink, the rest dropped).
+        """
+        old = np.flatnonzero(keep)
+        label = np.full(self.n, -1, dtype=np.int64)
+        label[old] = np.arange(len(old))
+        entries = keep[self.rows] & keep[self.indices]
+        other = object.__new__(Residual)
+        other.n, other.s, other.t = len(old), int(label[self.s]), int(label[self.t])
+        other.rows = label[self.rows[entries]]
+        other.indices = label[self.indices[entries]].astype(self.indices.dtype)
+        other.indptr = np.zeros(other.n + 1, dtype=self.indptr.dtype)
+        np.cumsum(np.bincount(other.rows, minlength=other.n), out=other.indptr[1:])
+        other.residual, other.capacity = self.residual[entries], self.capacity[entries]
+        return other, old
 
     def reachable(self, residual: np.ndarray) -> np.ndarray:
         """Indices of the vertices the source reaches over positive entries of ``residual`` (over the pattern)."""

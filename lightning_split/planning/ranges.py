@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lightning_split.planning.csgraph_flow import csgraph_min_cut_arrays, csgraph_min_cuts
+from lightning_split.planning.batchcuts import screened_min_cuts
+from lightning_split.planning.csgraph_flow import csgraph_min_cut_arrays
 from lightning_split.planning.cutarrays import range_cut_arrays
 from lightning_split.planning.cutgraph import CostGraph, cut_edges
 from lightning_split.planning.mincut import default_algorithm, min_cut
@@ -75,34 +76,47 @@ def is_compiled(costs: CostGraph, lo: int, hi: int) -> bool:
     return hi - lo >= SMALL_SEGMENT and default_algorithm() == "csgraph" and not is_chain(costs, lo, hi)
 
 
-def solve_ranges(costs: CostGraph, requests: Sequence[RangeRequest]) -> list[tuple[int, list[int]]]:
+def solve_ranges(
+    costs: CostGraph,
+    requests: Sequence[RangeRequest],
+    constants: Sequence[int] | None = None,
+    ceiling: int | None = None,
+) -> list[tuple[int, list[int]] | None]:
     """:func:`solve_range` (blockwise) of several ranges, those for the compiled engine in one call.
 
     Each request is ``(lo, hi, on_device, on_server, server_elsewhere)``. The ranges' cut graphs
     are joined at the source and sink and cut at once
-    (:func:`~lightning_split.planning.csgraph_flow.csgraph_min_cuts`): exactly the cuts one call
-    per range would find, without the per-call cost, so that blockwise never spends more in the
-    engine than ``"full"``'s one call on the whole graph.
+    (:func:`~lightning_split.planning.batchcuts.screened_min_cuts`): exactly the cuts one call
+    per range would find, without the per-call cost. With ``constants`` (per request, the cost
+    outside its range: its case's total is the constant plus the range's value), a range whose
+    total cannot be below ``ceiling`` (the best total known), or cannot be the least of the
+    batch, comes back ``None`` after the engine's first phase instead of being cut exactly.
     """
     batch = [i for i, (lo, hi, *_) in enumerate(requests) if is_compiled(costs, lo, hi)]
     keys = {i: (*requests[i][:2], frozenset(requests[i][2]), frozenset(requests[i][3])) for i in batch}
     unique = list(dict.fromkeys(keys.values()))  # the last case's two variants share one cut
     results: list[tuple[int, list[int]] | None] = [None] * len(requests)
-    if len(unique) >= 2 and costs.arrays().fits:
-        cuts = [range_cut_arrays(costs.arrays(), *key) for key in unique]
+    done = [False] * len(requests)
+    if unique and costs.arrays().fits:
+        cuts = {key: range_cut_arrays(costs.arrays(), *key) for key in unique}
+        lows = highs = None
+        if constants is not None:
+            lows = [min(constants[i] + costs.rtt2 * requests[i][4] for i in batch if keys[i] == key) for key in unique]
+            highs = [min(constants[i] for i in batch if keys[i] == key) + costs.rtt2 for key in unique]
+        parts = [(c.tails, c.heads, c.capacities, c.vertices) for c in cuts.values()]
         try:
-            found = dict(zip(unique, csgraph_min_cuts([(c.tails, c.heads, c.capacities, c.vertices) for c in cuts])))
+            found = dict(zip(unique, screened_min_cuts(parts, lows, highs, ceiling)))
         except OverflowError:
             found = {}
-        cut_of = dict(zip(unique, cuts))
-        for i in batch:
-            if keys[i] in found:
-                lo, hi, _, on_server, elsewhere = requests[i]
-                value, reached = found[keys[i]]
-                device = cut_of[keys[i]].device_positions(reached)
-                results[i] = _with_rtt(costs, lo, hi, value, device, on_server, elsewhere)
+        for i in (i for i in batch if keys[i] in found):
+            lo, hi, _, on_server, elsewhere = requests[i]
+            cut, done[i] = found[keys[i]], True
+            if cut is not None:
+                device = cuts[keys[i]].device_positions(cut[1])
+                results[i] = _with_rtt(costs, lo, hi, cut[0], device, on_server, elsewhere)
     return [
-        solve_range(costs, *request, True) if result is None else result for request, result in zip(requests, results)
+        result if finished else solve_range(costs, *request, True)
+        for request, result, finished in zip(requests, results, done)
     ]
 
 

@@ -9,13 +9,14 @@ from hypothesis import strategies as st
 
 from benchmarks._common import residual_stack
 from lightning_split.planning import ranges
+from lightning_split.planning.batchcuts import csgraph_min_cuts, screened_min_cuts
 from lightning_split.planning.costmodel import PlanningError
-from lightning_split.planning.csgraph_flow import csgraph_min_cut, csgraph_min_cuts
+from lightning_split.planning.csgraph_flow import csgraph_min_cut
 from lightning_split.planning.cutarrays import INFINITE, range_cut_arrays
 from lightning_split.planning.cutgraph import CostGraph, cut_edges, resolve_pins
 from lightning_split.planning.mincut import SINK, SOURCE, use_algorithm
 from lightning_split.planning.planner import exhaustive, plan
-from lightning_split.planning.profile import Link
+from lightning_split.planning.profile import Link, NodeCost, Profile
 from tests.planning.test_mincut import edge_lists
 from tests.planning.test_planner import dag_profiles, pins_conflict
 
@@ -97,6 +98,32 @@ def test_batched_cuts_are_the_cuts_one_by_one(graphs):
         assert (batch_value, back) == (value, side)
 
 
+@SETTINGS
+@given(st.lists(edge_lists().map(bounded), min_size=1, max_size=4), st.data())
+def test_screened_cuts_keep_every_part_that_can_win(graphs, data):
+    """A part comes back exact or is screened only when its total cannot beat the ceiling or a part kept."""
+    singles = []
+    for edges in graphs:
+        try:
+            singles.append(csgraph_min_cut(edges, SOURCE, SINK))
+        except PlanningError:
+            return  # no finite cut: the batched call raises, as test_batched_cuts_are_the_cuts_one_by_one checks
+    lows = [data.draw(st.integers(0, 10**13)) for _ in graphs]
+    highs = [low + data.draw(st.sampled_from([0, 1, 10**9, 10**12])) for low in lows]
+    ceiling = data.draw(st.none() | st.integers(0, 3 * 10**13))
+    screened = screened_min_cuts([to_arrays(edges) for edges in graphs], lows, highs, ceiling)
+    kept_highs = [high + value for high, (value, _), result in zip(highs, singles, screened) if result is not None]
+    for low, (value, side), result in zip(lows, singles, screened):
+        if result is None:
+            assert (ceiling is not None and low + value >= ceiling) or any(h < low + value for h in kept_highs)
+        else:
+            back = {SOURCE if x == 0 else SINK if x == 1 else int(x) - 2 for x in result[1]}
+            assert (result[0], back) == (value, side)
+    least = min(low + value for low, (value, _) in zip(lows, singles))
+    if ceiling is None or least < ceiling:
+        assert kept_highs  # some part that can hold the least total is kept
+
+
 @pytest.mark.usefixtures("small_segments_batched")
 @SETTINGS
 @given(dag_profiles())
@@ -129,3 +156,33 @@ def test_batched_blockwise_matches_every_engine_on_residual_stacks(mbps, monkeyp
     with use_algorithm("augmenting_path"):
         values += [plan(profile, method).predicted_step_s for method in ("full", "blockwise")]
     assert max(values) <= min(values) * (1 + TOL)
+
+
+def dense_blocks(blocks: int, layers: int, link: Link) -> Profile:
+    """DenseNet-like: each block's layers consume the block input and every earlier layer; a concat closes it."""
+    nodes = [NodeCost("x", "input", (), 4000, 0.0, 0.0)]
+    for b in range(blocks):
+        start, features = nodes[-1].name, [nodes[-1].name]
+        for i in range(layers):
+            name = f"b{b}_l{i}"
+            nodes.append(NodeCost(name, "op", tuple(features), 400, 0.004, 0.0004))
+            features.append(name)
+        nodes.append(NodeCost(f"b{b}_cat", "op", tuple(features), 200 + 1000 * (start == "x"), 0.001, 0.0001))
+    return Profile(nodes, [nodes[-1].name], link)
+
+
+@pytest.mark.parametrize("mbps", [0.1, 1.0, 10.0, 1000.0])
+def test_dense_blocks_plan_exactly(mbps):
+    """Blocks of 70 layers, so their ranges go to the compiled engine: blockwise equals full."""
+    profile = dense_blocks(3, 70, Link.from_mbps(mbps, rtt_ms=2.0))
+    assert plan(profile, "blockwise").predicted_step_s == pytest.approx(plan(profile, "full").predicted_step_s, rel=TOL)
+
+
+def test_a_range_whose_cheap_placement_meets_its_bound_is_not_cut(monkeypatch):
+    """At 0.1 Mbit/s the best cut sends the first block's closing tensor alone: found with no min cut at all."""
+    profile = dense_blocks(3, 70, Link.from_mbps(0.1, rtt_ms=2.0))
+    expected = plan(profile, "full")
+    monkeypatch.setattr(ranges, "screened_min_cuts", None)  # any call would fail
+    result = plan(profile, "blockwise")
+    assert result.cut == expected.cut == ("b0_cat",)
+    assert result.predicted_step_s == pytest.approx(expected.predicted_step_s, rel=TOL)
