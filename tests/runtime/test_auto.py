@@ -12,6 +12,8 @@ import torch
 from lightning_split import SplitStrategy
 from lightning_split.costs.estimate import estimate_profile
 from lightning_split.graph.capture import trace_module
+from lightning_split.planning.constraints import respects_private_inputs
+from lightning_split.planning.planner import best_layerwise, device_only, server_only
 from lightning_split.planning.profile import Link, Profile, ProfileError
 from tests.helpers import assert_same_parameters, trainer
 from tests.models import DagNet, loader
@@ -37,7 +39,12 @@ def test_measured_costs_plan_logs_and_trains_equal_to_local(tmp_path, caplog):
     assert plan is not None and plan.profile is not None
     assert plan.profile.extra["estimated"] is False
     assert set(plan.baselines) == {"device_only", "server_only", "best_layerwise"}
-    assert plan.predicted_step_s() <= min(plan.baselines.values()) + 1e-12, "the optimum beats every baseline"
+    feasible = [b(plan.profile).device for b in (device_only, server_only, best_layerwise)]
+    feasible = [plan.options.step_time(plan.profile, d) for d in feasible if respects_private_inputs(plan.profile, d)]
+    assert feasible, "device only keeps the raw input home"
+    # Against the baselines that keep the raw input on the device, as the plan must; which side
+    # is faster depends on this machine, so the plan itself may be any of them.
+    assert all(plan.predicted_step_s() <= value * (1 + 1e-9) for value in feasible), "the optimum beats them"
     assert plan.notes["costs"] == "measured"
     assert plan.notes["device_costs"].startswith("measured") and plan.notes["server_costs"].startswith("measured")
     assert plan.notes["profile_s"] > 0
