@@ -30,7 +30,7 @@ from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import log_metrics
 from lightning_split.transport import federation as fed
 from lightning_split.transport.errors import ProtocolError
-from lightning_split.transport.sealing import Seal
+from lightning_split.transport.sealing import Seal, SealError
 
 __all__ = ["FederatedRun", "Federation"]
 
@@ -100,6 +100,7 @@ class FederatedRun:
         self.runtime: SplitRuntime | None = None
         self.trainer: Any = None
         self.turn = 0  # sequential: the federation's turn this client trains (or trained last)
+        self.newest = -1  # sequential: the newest turn this client knows was completed (sealed or opened)
         self.round = 0  # splitfed: the last round averaged; sequential: the turns this client completed
         self.steps = 0  # optimizer steps since the turn or round began
         self.samples = 0
@@ -165,8 +166,10 @@ class FederatedRun:
         self.round += 1
         if self.sequential:
             assert self.seal is not None
-            sealed = self.seal.seal({"state": self._device_state(), "optimizers": self._optimizer_state()})
+            payload = {"state": self._device_state(), "optimizers": self._optimizer_state()}
+            sealed = self.seal.seal(payload, turn=self.turn)
             self._call(fed.FedSubmit(round=self.turn, samples=self.samples, sealed=sealed, loss=loss))
+            self.newest = self.turn
             self.must_wait = True
         else:
             state = self._device_state()
@@ -199,16 +202,27 @@ class FederatedRun:
             )
         self.must_wait = False
         if self.sequential:
-            self.turn = reply.round
-            if reply.sealed.numel():
-                assert self.seal is not None
-                payload = self.seal.open(reply.sealed)
-                self._load_device_state(payload["state"])
-                self._load_optimizer_state(payload["optimizers"])
+            self._take_turn(reply)
             log.info("lightning-split federation %s: client %d trains turn %d", group, client, self.turn)
         else:
             self.round = max(self.round, reply.round)  # a client left out of rounds catches up with the newest
             self._load_device_state(reply.state)
+
+    def _take_turn(self, reply: fed.FedWaitReply) -> None:
+        """Install the device part the server relays for turn ``reply.round``, refusing an older one than known."""
+        assert self.seal is not None
+        if not reply.sealed.numel():
+            if self.newest >= 0:
+                raise SealError(
+                    f"the server handed over no device part for turn {reply.round}, but this client knows turn "
+                    f"{self.newest} was completed: a server going back to the initial model is refused"
+                )
+        else:
+            sealed_at, payload = self.seal.open(reply.sealed, newest=self.newest, before=reply.round)
+            self._load_device_state(payload["state"])
+            self._load_optimizer_state(payload["optimizers"])
+            self.newest = sealed_at
+        self.turn = reply.round
 
     def _call(self, op: Any) -> list[Any]:
         assert self.runtime is not None and self.runtime.remote is not None
