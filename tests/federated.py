@@ -1,8 +1,9 @@
-"""Federation tests' shared parts: client processes (``tests.fedclient``) and the local references.
+"""Federation tests' shared parts: client processes (``tests.fedclient``), bare sessions, the local references.
 
 :class:`ClientProcess` runs one client and lets a test wait for its log lines; :func:`run_clients`
-runs a whole federation; :func:`interleaved` and :func:`local_splitfed` compute what sequential
-and splitfed training must equal, locally.
+runs a whole federation; :func:`local_sequential` and :func:`local_splitfed` compute what
+sequential and splitfed training must equal, locally; :func:`session`, :func:`join` and
+:func:`wait` drive one session op by op; :func:`until_logged` waits for a server's log line.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ import copy
 import subprocess
 import sys
 import threading
+import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader
 
+from lightning_split.graph.describe import ModelDescription
+from lightning_split.runtime.device import SplitRuntime
+from lightning_split.runtime.placement import place_model
+from lightning_split.transport.client import RemoteServer
+from lightning_split.transport.federation import FedJoin, FedWait
 from tests.fedclient import BATCH, initial_model, shard
 from tests.helpers import ROOT, ServeProcess, trainer
+from tests.models import DagNet, digits
 
 CLIENTS, ROUND_STEPS, ROUNDS = 3, 5, 2
 STEPS = ROUND_STEPS * ROUNDS
@@ -140,3 +148,43 @@ def local_splitfed() -> list[dict[str, torch.Tensor]]:
                 for model in models:
                     model.state_dict()[key].copy_(average)
     return [copy.deepcopy(m.state_dict()) for m in models]
+
+
+# -- bare sessions, driven op by op (the ops a FederatedRun sends) ------------------------
+
+
+def session(url: str, cut: str = "stem", **init_args) -> RemoteServer:
+    """A DagNet session cut at ``cut`` on ``url``; its connection, ready for federation ops."""
+    torch.manual_seed(0)
+    model = DagNet(**init_args)
+    images = digits(32).tensors[0]
+    plan = place_model(model, (images,), {}, cut=cut)
+    hello = ModelDescription.of("tests.models:DagNet", dict(model.hparams), plan.traced, plan.example).to_wire()
+    runtime = SplitRuntime(model, plan.graph_module, plan.spec, RemoteServer(url, retry_for=0), hello)
+    runtime.open([torch.optim.SGD(model.parameters(), lr=0.1)])
+    return runtime.remote
+
+
+def join(remote: RemoteServer, group: str, client: int, clients: int = 2, mode: str = "sequential", timeout=60.0):
+    op = FedJoin(group=group, clients=clients, client=client, mode=mode, round_steps=1, timeout=timeout)
+    return remote.call([op])[0]
+
+
+def wait(remote: RemoteServer, round_: int = 0):
+    """``fed_wait`` until ready, as the device does: returns the ready reply."""
+    while True:
+        (reply,) = remote.call([FedWait(round=round_)])
+        if reply.ready:
+            return reply
+
+
+def until_logged(server: ServeProcess, fragment: str, timeout: float = 600, count: int = 1) -> list[str]:
+    """Wait until ``server`` logged ``count`` lines with ``fragment``; return them (the timeout bounds a failure)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in list(server.stderr) if fragment in line]
+        if len(lines) >= count:
+            return lines
+        assert server.proc.poll() is None, f"the server ended before logging {fragment!r}"
+        assert time.monotonic() < deadline, f"no {fragment!r} in:\n{''.join(server.stderr)[-3000:]}"
+        time.sleep(0.02)

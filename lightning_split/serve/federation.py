@@ -95,7 +95,8 @@ class FederationTable:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._lock = threading.Lock()
-        self._marks: dict[str, tuple] = {}
+        self._marks: dict[str, tuple] = {}  # what each group was when last saved
+        self._shown: dict[str, str] = {}  # the status line last logged for each group
         if store is not None:
             for name, fields in store.load_all():
                 self._adopt(restore_group(name, fields, clock))
@@ -103,10 +104,12 @@ class FederationTable:
     def _adopt(self, group: Group) -> None:
         self.groups[group.name] = group
         self._marks[group.name] = group.mark()
+        self._shown[group.name] = self.status_line(group)
         for client, member in group.members.items():
             if member.session is not None and not member.done:
                 self.by_session[member.session] = (group, client)
-        log.info("federation %s restored at %s; %s", group.name, group.status(), self.status_line(group))
+        log.info("federation %s restored at %s", group.name, group.status())
+        log.info("%s", self._shown[group.name])
 
     # -- waking held requests -------------------------------------------------------------
 
@@ -121,7 +124,7 @@ class FederationTable:
         self._event = asyncio.Event()
 
     def _changed(self, group: Group) -> None:
-        """After an op of ``group``: save it and show its status if it changed; wake the held requests."""
+        """After an op of ``group``: save it if it changed, log its status line if that changed; wake held requests."""
         mark = group.mark()
         if mark != self._marks.get(group.name):
             self._marks[group.name] = mark
@@ -130,7 +133,10 @@ class FederationTable:
                     self.store.delete(group.name)
                 else:
                     self.store.save(group.name, group.state())
-            log.info("%s", self.status_line(group))
+        line = self.status_line(group)
+        if line != self._shown.get(group.name):
+            self._shown[group.name] = line
+            log.info("%s", line)
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._renew)
 
@@ -185,6 +191,7 @@ class FederationTable:
             group = MODES[op.mode](op, identity, self.clock)
             self.groups[op.group] = group
             self._marks.pop(op.group, None)
+            self._shown.pop(op.group, None)
             log.info(
                 "federation %s (%s, %d clients, %d steps a round) created",
                 op.group,

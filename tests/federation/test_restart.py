@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 
 import pytest
 import torch
 
-from tests.federated import CLIENTS, local_sequential, local_splitfed, run_clients
+from tests.federated import CLIENTS, local_sequential, local_splitfed, run_clients, until_logged
 from tests.helpers import ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -26,15 +25,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def until_logged(server: ServeProcess, fragment: str, timeout: float = 600) -> None:
-    """Wait until ``server`` has logged a line with ``fragment`` (the timeout only bounds a failure)."""
-    deadline = time.monotonic() + timeout
-    while not any(fragment in line for line in server.stderr):
-        assert server.proc.poll() is None, f"the server ended before logging {fragment!r}"
-        assert time.monotonic() < deadline, f"no {fragment!r} in:\n{''.join(server.stderr)[-3000:]}"
-        time.sleep(0.02)
 
 
 class Restarts:
