@@ -35,10 +35,18 @@ class ClientProcess:
     """One ``tests.fedclient`` process; :meth:`expect` blocks until it has printed a line containing a fragment."""
 
     def __init__(
-        self, server: ServeProcess, mode: str, client: int, clients: int, out, group: str, steps=(ROUND_STEPS, STEPS)
+        self,
+        server: ServeProcess,
+        mode: str,
+        client: int,
+        clients: int,
+        out,
+        group: str,
+        steps=(ROUND_STEPS, STEPS),
+        extra=(),
     ) -> None:
         command = [sys.executable, "-m", "tests.fedclient", server.url, mode, str(client), str(clients)]
-        command += [str(steps[0]), str(steps[1]), str(out), group]
+        command += [str(steps[0]), str(steps[1]), str(out), group, *extra]
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -78,22 +86,23 @@ class ClientProcess:
 
 
 def run_clients(
-    server: ServeProcess, mode: str, tmp_path, clients: int = CLIENTS, group="digits", steps=None, during=None
+    server: ServeProcess, mode: str, tmp_path, clients: int = CLIENTS, group="digits", steps=None, during=None, extra=()
 ):
     """Run ``clients`` client processes; the others first, client 0 (whose model starts the federation) last.
 
     Client 0 starts only once every other client has said it waits for it, so each waiting
     line is certain, whatever the machine's speed. ``steps``: (round steps, steps) of each client;
-    ``during``: called once all have started (a fault to inject), before waiting for them to end.
+    ``during``: called once all have started (a fault to inject), before waiting for them to end;
+    ``extra``: more arguments for every client (``tests.fedclient``'s).
     Returns the final state dicts and the logs.
     """
     steps = steps or (ROUND_STEPS, STEPS)
     outputs = [tmp_path / f"client{i}.pt" for i in range(clients)]
-    started = [ClientProcess(server, mode, i, clients, outputs[i], group, steps) for i in range(1, clients)]
+    started = [ClientProcess(server, mode, i, clients, outputs[i], group, steps, extra) for i in range(1, clients)]
     try:
         for client, process in enumerate(started, start=1):
             process.expect(f"client {client} waits for client(s) [0")
-        started.insert(0, ClientProcess(server, mode, 0, clients, outputs[0], group, steps))
+        started.insert(0, ClientProcess(server, mode, 0, clients, outputs[0], group, steps, extra))
         if during is not None:
             during()
         logs = [process.finish() for process in started]
@@ -114,10 +123,10 @@ def interleaved(turns: int) -> ConcatDataset:
     return ConcatDataset(parts)
 
 
-def local_sequential(client: int) -> dict[str, torch.Tensor]:
+def local_sequential(client: int, **model_kwargs) -> dict[str, torch.Tensor]:
     """Client ``client``'s final model in the sequential federation: local training up to the end of its last turn."""
     turns = (ROUNDS - 1) * CLIENTS + client + 1  # the client's last turn ends the federation's turn number
-    local = initial_model(0)  # client 0's initial weights are the federation's
+    local = initial_model(0, **model_kwargs)  # client 0's initial weights are the federation's
     trainer(max_steps=turns * ROUND_STEPS).fit(local, DataLoader(interleaved(turns), batch_size=BATCH))
     return local.state_dict()
 

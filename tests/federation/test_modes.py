@@ -35,6 +35,15 @@ def test_sequential_last_client_equals_local_training_on_the_interleaved_stream(
 
 
 @pytest.mark.slow
+def test_sequential_relays_the_learning_rate_schedule_with_the_model(fed_server, tmp_path):
+    """A StepLR halving every 5 steps follows the federation's steps, not each client's: it passes at each turn."""
+    finals, _ = run_clients(fed_server, "sequential", tmp_path, group="scheduled", extra=["scheduler"])
+    for client in range(CLIENTS):
+        for key, value in local_sequential(client, scheduler=True).items():
+            torch.testing.assert_close(finals[client][key], value, atol=1e-5, rtol=0, msg=f"client {client}: {key}")
+
+
+@pytest.mark.slow
 def test_splitfed_every_client_equals_local_fedavg(fed_server, tmp_path):
     finals, _ = run_clients(fed_server, "splitfed", tmp_path)
     expected = local_splitfed()
