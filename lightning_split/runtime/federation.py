@@ -295,7 +295,8 @@ class FederatedRun:
             except (TypeError, ValueError) as exc:
                 raise ValueError(
                     f"a federation relays the learning-rate schedulers' state between clients, and this one's "
-                    f"cannot be sent ({exc}): use a scheduler whose state_dict() holds numbers and lists only"
+                    f"cannot be sent ({exc}): use a scheduler whose state_dict() holds numbers, strings, lists, "
+                    "dicts and tensors only"
                 ) from None
         return {"lrs": lrs, "schedulers": schedulers}
 
