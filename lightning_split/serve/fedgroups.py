@@ -241,9 +241,16 @@ class SequentialGroup(Group):
         super()._restore(fields)
         self.turn, self.granted = fields.count("turn"), fields.get("granted", bool)
         self.sealed, self.skipped = fields.get("sealed", torch.Tensor), fields.counts("skipped")
+        if self.sealed.dim() != 1 or self.sealed.dtype != torch.uint8:
+            raise Fields._bad(fields.where, "field 'sealed' is not a 1-d uint8 tensor")
         if fields.content.get("suffix") is not None:
             suffix = fields.sub("suffix")
-            self.suffix = SuffixState(suffix.tensors("state"), suffix.get("optimizers", list))
+            optimizers = suffix.get("optimizers", list)
+            if not all(
+                isinstance(states, dict) and all(isinstance(v, dict) for v in states.values()) for states in optimizers
+            ):
+                raise Fields._bad(fields.where, "the server part's optimizer states are not mappings by key")
+            self.suffix = SuffixState(suffix.tensors("state"), optimizers)
 
 
 @dataclass
