@@ -314,7 +314,7 @@ class SplitServer:
         )
 
     async def stop_reaper(self) -> None:
-        """Stop the expiry task (call on the server's loop before it closes)."""
+        """Stop the expiry and status tasks (call on the server's loop before it closes)."""
         for task in (getattr(self, "_reaper", None), getattr(self, "_status", None)):
             if task is not None:
                 task.cancel()
