@@ -1,10 +1,11 @@
 """One client of a federation test: trains DagNet on its shard of digits; saves its final state dict.
 
-python -m tests.fedclient URL MODE CLIENT CLIENTS ROUND_STEPS STEPS OUT [GROUP]
+python -m tests.fedclient URL MODE CLIENT CLIENTS ROUND_STEPS STEPS OUT [GROUP [scheduler]]
 
 Client ``i`` builds its DagNet from seed ``100 + i`` (so the federation's overwriting of the
 others by client 0's weights is visible) and trains on rows ``[i * STEPS * 32, (i + 1) * STEPS * 32)``
-of digits, in order, 32 a batch, cut after the first layer (``stem``).
+of digits, in order, 32 a batch, cut after the first layer (``stem``). With ``scheduler``,
+DagNet steps a StepLR every optimizer step (``DagNet(scheduler=True)``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def shard(client: int, steps: int) -> TensorDataset:
     return TensorDataset(images[rows], labels[rows])
 
 
-def initial_model(client: int):
+def initial_model(client: int, **model_kwargs):
     from tests.models import DagNet
 
     torch.manual_seed(100 + client)
-    return DagNet()
+    return DagNet(**model_kwargs)
 
 
 def main(argv: list[str]) -> None:
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> None:
     client, clients, round_steps, steps = int(client), int(clients), int(round_steps), int(steps)
     logging.basicConfig(level=logging.INFO, format=f"client {client}: %(message)s")
     torch.set_num_threads(1)
-    model = initial_model(client)
+    model = initial_model(client, scheduler=len(argv) > 8 and argv[8] == "scheduler")
     federation = Federation(
         group=group, clients=clients, client=client, mode=mode, round_steps=round_steps, key=KEY, timeout=600
     )

@@ -27,6 +27,13 @@ def add_parser(commands: Any) -> None:
         "--state-dir", help="persist each session here at optimizer steps, so a restarted server resumes it"
     )
     serve.add_argument("--state-every", type=int, default=1, help="persist every N optimizer steps (default: 1)")
+    serve.add_argument(
+        "--status-every",
+        type=float,
+        default=30.0,
+        help="log each federation's status every this many seconds, besides whenever it changes (0: only then; "
+        "default: 30)",
+    )
     serve.add_argument("--max-sessions", type=int, default=64, help="sessions held at once (default: 64)")
     serve.add_argument(
         "--idle-timeout", type=float, default=600.0, help="close connections silent this many seconds (default: 600)"
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         session_ttl=args.session_ttl,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         state_every=max(1, args.state_every),
+        status_every=max(0.0, args.status_every),
     )
     limits = ModelLimits(
         max_model_bytes=int(args.max_model_mb * 2**20)

@@ -29,8 +29,9 @@ import torch
 from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.metrics import log_metrics
 from lightning_split.transport import federation as fed
+from lightning_split.transport import wire
 from lightning_split.transport.errors import ProtocolError
-from lightning_split.transport.sealing import Seal
+from lightning_split.transport.sealing import Seal, SealError
 
 __all__ = ["FederatedRun", "Federation"]
 
@@ -100,6 +101,7 @@ class FederatedRun:
         self.runtime: SplitRuntime | None = None
         self.trainer: Any = None
         self.turn = 0  # sequential: the federation's turn this client trains (or trained last)
+        self.newest = -1  # sequential: the newest turn this client knows was completed (sealed or opened)
         self.round = 0  # splitfed: the last round averaged; sequential: the turns this client completed
         self.steps = 0  # optimizer steps since the turn or round began
         self.samples = 0
@@ -132,6 +134,8 @@ class FederatedRun:
         """Wait for the next turn if one is due; count the batch's samples."""
         from lightning.pytorch.utilities.data import extract_batch_size  # here: importing Lightning registers us
 
+        if self.sequential and self.steps >= self.federation.round_steps and self.runtime is not None:
+            self._end_round()  # here, not after the step: the learning-rate schedulers have stepped since
         if self.must_wait and self.runtime is not None:
             self._wait()
         try:
@@ -145,11 +149,11 @@ class FederatedRun:
             self.losses.append(float(loss.detach()))
 
     def after_step(self) -> None:
-        """After ``round_steps`` optimizer steps: hand over (sequential) or average (splitfed)."""
+        """After ``round_steps`` optimizer steps: average (splitfed); sequential hands over at the next batch."""
         if self.runtime is None:
             return
         self.steps += 1
-        if self.steps >= self.federation.round_steps:
+        if self.steps >= self.federation.round_steps and not self.sequential:
             self._end_round()
 
     def finish(self) -> None:
@@ -165,8 +169,10 @@ class FederatedRun:
         self.round += 1
         if self.sequential:
             assert self.seal is not None
-            sealed = self.seal.seal({"state": self._device_state(), "optimizers": self._optimizer_state()})
+            payload = {"state": self._device_state(), "optimizers": self._optimizer_state(), **self._schedules()}
+            sealed = self.seal.seal(payload, turn=self.turn)
             self._call(fed.FedSubmit(round=self.turn, samples=self.samples, sealed=sealed, loss=loss))
+            self.newest = self.turn
             self.must_wait = True
         else:
             state = self._device_state()
@@ -199,16 +205,28 @@ class FederatedRun:
             )
         self.must_wait = False
         if self.sequential:
-            self.turn = reply.round
-            if reply.sealed.numel():
-                assert self.seal is not None
-                payload = self.seal.open(reply.sealed)
-                self._load_device_state(payload["state"])
-                self._load_optimizer_state(payload["optimizers"])
+            self._take_turn(reply)
             log.info("lightning-split federation %s: client %d trains turn %d", group, client, self.turn)
         else:
             self.round = max(self.round, reply.round)  # a client left out of rounds catches up with the newest
             self._load_device_state(reply.state)
+
+    def _take_turn(self, reply: fed.FedWaitReply) -> None:
+        """Install the device part the server relays for turn ``reply.round``, refusing an older one than known."""
+        assert self.seal is not None
+        if not reply.sealed.numel():
+            if self.newest >= 0:
+                raise SealError(
+                    f"the server handed over no device part for turn {reply.round}, but this client knows turn "
+                    f"{self.newest} was completed: a server going back to the initial model is refused"
+                )
+        else:
+            sealed_at, payload = self.seal.open(reply.sealed, newest=self.newest, before=reply.round)
+            self._load_device_state(payload["state"])
+            self._load_optimizer_state(payload["optimizers"])
+            self._load_schedules(payload)
+            self.newest = sealed_at
+        self.turn = reply.round
 
     def _call(self, op: Any) -> list[Any]:
         assert self.runtime is not None and self.runtime.remote is not None
@@ -264,6 +282,32 @@ class FederatedRun:
                         optimizer.state[param] = {
                             name: _placed(value, param.device) for name, value in by_key[key].items()
                         }
+
+    def _schedules(self) -> dict[str, Any]:
+        """The learning rates and the learning-rate schedulers' state, which pass with the model (sequential)."""
+        assert self.runtime is not None
+        lrs = [[float(group["lr"]) for group in optimizer.param_groups] for optimizer in self.runtime.optimizers]
+        configs = getattr(self.trainer, "lr_scheduler_configs", None) or []
+        schedulers = [dict(config.scheduler.state_dict()) for config in configs]
+        for state in schedulers:
+            try:
+                wire.encode({"scheduler": state})
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"a federation relays the learning-rate schedulers' state between clients, and this one's "
+                    f"cannot be sent ({exc}): use a scheduler whose state_dict() holds numbers, strings, lists, "
+                    "dicts and tensors only"
+                ) from None
+        return {"lrs": lrs, "schedulers": schedulers}
+
+    def _load_schedules(self, payload: dict[str, Any]) -> None:
+        assert self.runtime is not None
+        for optimizer, lrs in zip(self.runtime.optimizers, payload.get("lrs", [])):
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
+        configs = getattr(self.trainer, "lr_scheduler_configs", None) or []
+        for config, state in zip(configs, payload.get("schedulers", [])):
+            config.scheduler.load_state_dict(state)
 
 
 _EMPTY = torch.zeros(0, dtype=torch.uint8)

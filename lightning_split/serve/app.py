@@ -40,6 +40,7 @@ from websockets.http11 import Response as HttpResponse
 
 from lightning_split.graph.programs import SplitError
 from lightning_split.serve.federation import HOLD_S, FederationTable, Waiting
+from lightning_split.serve.fedstate import FederationStore
 from lightning_split.serve.host import ModelHost
 from lightning_split.serve.session import SESSION_OPS
 from lightning_split.serve.sessions import SessionRecord, SessionTable
@@ -63,6 +64,7 @@ class ServerPolicy:
             its memory is freed (it stays in ``state_dir`` when there is one).
         state_dir: where sessions are persisted at optimizer steps (``None``: in memory only).
         state_every: persist every this many optimizer steps.
+        status_every: seconds between the log lines that show each federation (0: only when one changes).
     """
 
     limits: wire.Limits = field(default_factory=wire.Limits)
@@ -71,6 +73,7 @@ class ServerPolicy:
     session_ttl: float = 300.0
     state_dir: Path | None = None
     state_every: int = 1
+    status_every: float = 30.0
 
 
 @dataclass
@@ -121,7 +124,8 @@ class SplitServer:
         self.limits = self.policy.limits
         self.store = StateStore(self.policy.state_dir) if self.policy.state_dir is not None else None
         self.sessions = SessionTable(host, self.store, self.policy.max_sessions, self.policy.session_ttl)
-        self.federations = FederationTable()
+        fed_store = FederationStore(self.policy.state_dir) if self.policy.state_dir is not None else None
+        self.federations = FederationTable(store=fed_store)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-compute")
         self.handlers: dict[type[messages.Op], _Handler] = {
             **dict.fromkeys(SESSION_OPS, self._on_session_op),
@@ -132,9 +136,7 @@ class SplitServer:
             messages.Step: self._on_step,
             messages.LoadOptimizerState: self._on_load_optimizer_state,
             messages.Close: self._on_close,
-            messages.FedJoin: lambda op, connection, point: self.federations.join(op, connection.session_for(op)),
-            messages.FedWait: lambda op, connection, point: self.federations.wait(op, connection.record),
-            messages.FedSubmit: lambda op, connection, point: self.federations.submit(op, connection.record),
+            **dict.fromkeys((messages.FedJoin, messages.FedWait, messages.FedSubmit), self._on_federation),
         }
 
     def _authorize(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
@@ -236,6 +238,7 @@ class SplitServer:
             asyncio.run_coroutine_threadsafe(previous.close(1000, "session resumed on another connection"), self._loop)
         connection.record = record
         connection.protocol.attach(record.sequencer, record.description.get("codec", "none"))
+        self.federations.attach(record)
         sequencer = record.sequencer
         return messages.ResumeReply(
             session=record.id,
@@ -265,6 +268,13 @@ class SplitServer:
         record.session.handle(op)
         self.sessions.persist(record, point)
 
+    def _on_federation(self, op: messages.Op, connection: _Connection, point: Point) -> messages.Reply | None:
+        """A federation op: the federation is saved first, then the session (the order a restart relies on)."""
+        reply = self.federations.handle(op, connection.record)
+        if connection.record is not None:
+            self.sessions.persist(connection.record, point)
+        return reply
+
     def _on_close(self, op: messages.Close, connection: _Connection, point: Point) -> None:
         self.federations.leave(connection.session_for(op))
         self.sessions.close(connection.session_for(op))
@@ -277,6 +287,11 @@ class SplitServer:
             await asyncio.sleep(min(5.0, max(0.05, self.policy.session_ttl / 4)))
             self.sessions.expire()
 
+    async def _show_federations(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.status_every)
+            await self._loop.run_in_executor(self.executor, self.federations.log_status)
+
     async def start(
         self, host: str = "127.0.0.1", port: int = 8765, ssl_context: ssl.SSLContext | None = None
     ) -> Server:
@@ -284,6 +299,8 @@ class SplitServer:
         self._loop = asyncio.get_running_loop()
         self._reaper = self._loop.create_task(self._reap())
         self.federations.bind(self._loop)
+        if self.policy.status_every > 0:
+            self._status = self._loop.create_task(self._show_federations())
         return await serve(
             self.handle,
             host,
@@ -297,17 +314,17 @@ class SplitServer:
         )
 
     async def stop_reaper(self) -> None:
-        """Stop the expiry task (call on the server's loop before it closes)."""
-        reaper = getattr(self, "_reaper", None)
-        if reaper is not None:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+        """Stop the expiry and status tasks (call on the server's loop before it closes)."""
+        for task in (getattr(self, "_reaper", None), getattr(self, "_status", None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def close(self) -> None:
-        reaper = getattr(self, "_reaper", None)
-        if reaper is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(reaper.cancel)
+        for task in (getattr(self, "_reaper", None), getattr(self, "_status", None)):
+            if task is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(task.cancel)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

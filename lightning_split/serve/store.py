@@ -61,18 +61,7 @@ class StateStore:
                 "steps": saved.steps,
             }
         )
-        target = self.path(session_id)
-        temporary = target.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(self.path(session_id), data)
 
     def load(self, session_id: str) -> Saved | None:
         """The saved session, or ``None`` when there is none.
@@ -102,6 +91,21 @@ class StateStore:
     def delete(self, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(session_id).unlink()
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that a crash leaves the old file or the new one, never half of either."""
+    temporary = target.with_suffix(".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _is_count(value: Any) -> bool:

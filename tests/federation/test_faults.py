@@ -10,14 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_split.graph.describe import ModelDescription
-from lightning_split.runtime.device import SplitRuntime
-from lightning_split.runtime.placement import place_model
-from lightning_split.transport.client import RemoteServer
-from lightning_split.transport.federation import FedJoin, FedSubmit, FedWait
+from lightning_split.transport.federation import FedSubmit, FedWait
 from lightning_split.transport.protocol import RemoteError
+from tests.federated import join, session, wait
 from tests.helpers import ServeProcess
-from tests.models import DagNet, digits
 
 EMPTY = torch.zeros(0, dtype=torch.uint8)
 
@@ -27,31 +23,6 @@ def server():
     process = ServeProcess("--model", "tests.models:DagNet", verbose=True)
     yield process
     process.stop()
-
-
-def session(url: str, cut: str = "stem", **init_args) -> RemoteServer:
-    """A DagNet session cut at ``cut`` on ``url``; its connection, ready for federation ops."""
-    torch.manual_seed(0)
-    model = DagNet(**init_args)
-    images = digits(32).tensors[0]
-    plan = place_model(model, (images,), {}, cut=cut)
-    hello = ModelDescription.of("tests.models:DagNet", dict(model.hparams), plan.traced, plan.example).to_wire()
-    runtime = SplitRuntime(model, plan.graph_module, plan.spec, RemoteServer(url, retry_for=0), hello)
-    runtime.open([torch.optim.SGD(model.parameters(), lr=0.1)])
-    return runtime.remote
-
-
-def join(remote: RemoteServer, group: str, client: int, clients: int = 2, mode: str = "sequential", timeout=60.0):
-    op = FedJoin(group=group, clients=clients, client=client, mode=mode, round_steps=1, timeout=timeout)
-    return remote.call([op])[0]
-
-
-def wait(remote: RemoteServer, round_: int = 0):
-    """``fed_wait`` until ready, as the device does: returns the ready reply."""
-    while True:
-        (reply,) = remote.call([FedWait(round=round_)])
-        if reply.ready:
-            return reply
 
 
 def test_a_client_of_another_group_size_cut_model_or_mode_is_refused(server):
