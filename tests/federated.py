@@ -9,8 +9,6 @@ sequential and splitfed training must equal, locally; :func:`session`, :func:`jo
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import threading
 import time
 
@@ -23,6 +21,7 @@ from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.placement import place_model
 from lightning_split.transport.client import RemoteServer
 from lightning_split.transport.federation import FedJoin, FedWait
+from tests import zygote
 from tests.fedclient import BATCH, initial_model, shard
 from tests.helpers import ROOT, ServeProcess, trainer
 from tests.models import DagNet, digits
@@ -45,11 +44,9 @@ class ClientProcess:
         steps=(ROUND_STEPS, STEPS),
         extra=(),
     ) -> None:
-        command = [sys.executable, "-m", "tests.fedclient", server.url, mode, str(client), str(clients)]
-        command += [str(steps[0]), str(steps[1]), str(out), group, *extra]
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        argv = ["-m", "tests.fedclient", server.url, mode, str(client), str(clients)]
+        argv += [str(steps[0]), str(steps[1]), str(out), group, *extra]
+        self.proc = zygote.shared().spawn(argv, cwd=ROOT, env=server.env, merge_stderr=True)
         self.lines: list[str] = []
         self.changed = threading.Condition()
         threading.Thread(target=self._drain, daemon=True).start()

@@ -120,19 +120,26 @@ class Zygote:
         if line.strip() != b"ready":
             raise RuntimeError(f"the zygote did not start (said {line!r}, exit status {self._proc.poll()})")
 
-    def spawn(self, argv: list[str], cwd: str | Path = ROOT, env: dict[str, str] | None = None) -> Child:
-        """Fork a child running ``argv`` (``["-m", module, *args]`` or ``[script, *args]``), text pipes for output."""
+    def spawn(
+        self, argv: list[str], cwd: str | Path = ROOT, env: dict[str, str] | None = None, merge_stderr: bool = False
+    ) -> Child:
+        """Fork a child running ``argv`` (``["-m", module, *args]`` or ``[script, *args]``), text pipes for output.
+
+        ``merge_stderr``: stderr goes to the stdout pipe (``stderr=subprocess.STDOUT``); the
+        child's ``stderr`` is then an empty stream.
+        """
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        child_err = out_w if merge_stderr else err_w
         null = os.open(os.devnull, os.O_RDONLY)
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             connection.connect(self._path)
             request = {"argv": list(argv), "cwd": str(cwd), "env": dict(os.environ if env is None else env)}
-            socket.send_fds(connection, [json.dumps(request).encode() + b"\n"], [null, out_w, err_w])
+            socket.send_fds(connection, [json.dumps(request).encode() + b"\n"], [null, out_w, child_err])
             pid = int(_read_line(connection))
         finally:
             for fd in (null, out_w, err_w):

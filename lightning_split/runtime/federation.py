@@ -124,7 +124,7 @@ class FederatedRun:
             "lightning-split federation %s: client %d joined (clients joined: %s)",
             self.federation.group,
             self.federation.client,
-            joined.joined,
+            "restored" if joined is None else joined.joined,  # None: joined before a server restart
         )
         if not self.sequential:  # round 0 is client 0's model (the server ignores the others' round 0)
             self._call(fed.FedSubmit(round=0, samples=0, sealed=_EMPTY, state=self._device_state()))
@@ -190,6 +190,9 @@ class FederatedRun:
         hold = False  # the first answer comes at once: if it is not yet time, the log says for whom
         while True:
             (reply,) = self._call(fed.FedWait(round=0 if self.sequential else self.round, hold=hold))
+            if reply is None:  # applied before a server restart, its answer lost with it: ask again
+                hold = False
+                continue
             hold = True
             if reply.skipped:
                 log.warning(
