@@ -18,8 +18,9 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -135,17 +136,21 @@ def centralised(args: argparse.Namespace) -> list[float]:
     return callback.results
 
 
-def launch(args: argparse.Namespace) -> dict[str, list[float]]:
-    """Start the server and the clients, wait for them, and compare with centralised training."""
+def launch(args: argparse.Namespace, popen: Callable[..., Any] = subprocess.Popen) -> dict[str, list[float]]:
+    """Start the server and the clients, wait for them, and compare with centralised training.
+
+    ``popen`` starts each process (``subprocess.Popen``; the tests pass one that forks them
+    from a process with torch already imported).
+    """
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     serve = [sys.executable, "-m", "lightning_split.cli", "serve", "--model", "examples.federated_digits:DigitsNet"]
-    server = subprocess.Popen([*serve, "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    server = popen([*serve, "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().split()[-1]
         common = ["--server", url, "--clients", str(args.clients), "--mode", args.mode]
         common += ["--rounds", str(args.rounds), "--round-steps", str(args.round_steps)]
         clients = [
-            subprocess.Popen(
+            popen(
                 [sys.executable, __file__, *common, "--client", str(i)],
                 cwd=ROOT,
                 env=env,
@@ -171,7 +176,9 @@ def launch(args: argparse.Namespace) -> dict[str, list[float]]:
     return {"federated": federated, "centralised": central}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, list[float]] | None:
+def main(
+    argv: Sequence[str] | None = None, popen: Callable[..., Any] = subprocess.Popen
+) -> dict[str, list[float]] | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--mode", choices=("splitfed", "sequential"), default="splitfed")
@@ -183,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]] | None:
     if args.client is not None:
         run_client(args)
         return None
-    return launch(args)
+    return launch(args, popen)
 
 
 if __name__ == "__main__":

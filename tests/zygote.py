@@ -268,6 +268,22 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
         os._exit(code)
 
 
+def popen(command: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None, **pipes: Any) -> Child:
+    """``subprocess.Popen(command, ...)`` for ``[sys.executable, ...]`` commands, forked from the shared zygote.
+
+    The child always gets pipes; a stream the caller did not ask for (``stdout``/``stderr`` not
+    ``subprocess.PIPE``) is drained and dropped, so a chatty child never blocks on a full pipe.
+    """
+    if command[0] != sys.executable:
+        raise ValueError(f"the zygote runs Python commands, not {command[0]!r}")
+    merged = pipes.get("stderr") == subprocess.STDOUT
+    child = shared().spawn(list(command[1:]), cwd=cwd or os.getcwd(), env=env, merge_stderr=merged)
+    for name in ("stdout", "stderr"):
+        if pipes.get(name) != subprocess.PIPE:
+            threading.Thread(target=getattr(child, name).read, daemon=True).start()
+    return child
+
+
 _SHARED: Zygote | None = None
 
 
