@@ -69,13 +69,7 @@ class Child:
                 if timeout == 0.0:
                     return None
                 raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout or 0.0)
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = self._connection.recv(64)
-                if not chunk:
-                    raise RuntimeError(f"the zygote went away before child {self.pid} ended")
-                data += chunk
-            self.returncode = int(data)
+            self.returncode = int(_read_line(self._connection))
             self._connection.close()
             return self.returncode
 
@@ -155,9 +149,14 @@ class Zygote:
 
 
 def _read_line(connection: socket.socket) -> bytes:
+    """One newline-terminated line, read a byte at a time so nothing after it is consumed.
+
+    The requester reads the child's pid and, later, its exit status from the same connection:
+    a larger read could swallow the status of a child that ended at once.
+    """
     data = b""
     while not data.endswith(b"\n"):
-        chunk = connection.recv(4096)
+        chunk = connection.recv(1)
         if not chunk:
             raise RuntimeError("the zygote closed the connection")
         data += chunk
