@@ -162,8 +162,13 @@ def stem_friendly_costs() -> Profile:
 def test_part_of_the_model_migrates_with_clipping_and_training_equals_local():
     """Only the stem (conv, BatchNorm with its running statistics) changes sides, twice."""
     strategy = SplitStrategy(
-        costs=stem_friendly_costs(), replan_every=3, probe_bytes=32768, probe_repeats=2, private_inputs=False
-    )  # the stem moves to the server and back: the raw input crosses while it is there
+        costs=stem_friendly_costs(),
+        replan_every=3,
+        replan_horizon=math.inf,  # the mechanism under test: a move whether or not the measured link says it pays
+        probe_bytes=32768,
+        probe_repeats=2,
+        private_inputs=False,  # the stem moves to the server and back: the raw input crosses while it is there
+    )
     local, split = fit_pair(
         {"optimizer": "sgd", "momentum": 0.9},
         strategy,
