@@ -45,9 +45,17 @@ class PlanOutcome:
 
 
 def private_input_pins(profile: Profile) -> set[str]:
-    """Device pins that keep every raw node's tensor off the wire: the raw nodes' consumers."""
+    """Device pins that keep every raw node's tensor off the wire: the raw nodes' consumers and the raw nodes they read.
+
+    A raw node that nothing consumes (a dead-end constant) sends nothing and may run on the server.
+    """
     raw = set(raw_nodes(profile))
-    return raw | {node.name for node in profile.nodes if raw.intersection(node.inputs)}
+    pins: set[str] = set()
+    for node in profile.nodes:
+        fed = raw.intersection(node.inputs)
+        if fed:
+            pins |= fed | {node.name}
+    return pins
 
 
 def plan_with_options(
