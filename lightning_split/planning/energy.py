@@ -213,6 +213,8 @@ def _in_joules(node: NodeCost, device_w: float, server_w: float) -> NodeCost:
         server_s=server_w * node.server_s,
         device_fwd_s=_scaled(node.device_fwd_s, device_w),
         server_fwd_s=_scaled(node.server_fwd_s, server_w),
+        device_fixed_s=_scaled(node.device_fixed_s, device_w),
+        server_fixed_s=_scaled(node.server_fixed_s, server_w),
     )
 
 

@@ -187,7 +187,7 @@ class _Search:
 
     def _bound(self, device_fwd: float, device_bwd: float, known: tuple[float, float, float], some: bool) -> float:
         """A lower bound: ``T_M`` with these device shares, only the known server work, nothing crossing."""
-        return self.objective.total(device_fwd, device_bwd, known[0], known[1], 0, known[2], some)
+        return self.objective.bound(device_fwd, device_bwd, known[0], known[1], 0, known[2], some)
 
     def start(self, case: _Case) -> list[int] | None:
         """Set the state to the case's smallest placement; return the addable nodes (``None``: over budget)."""
@@ -273,13 +273,13 @@ class _Search:
         # A frame is [node, (sums, crossed, added) saved by include or None once in the exclude
         # branch, the known server work before the exclusion].
         frames: list[list] = []
-        some, total = case.stop < self.costs.n, self.objective.total
+        some, bound = case.stop < self.costs.n, self.objective.bound
         descend = True
         while True:
             if descend:
                 descend = False
                 sums, known = self.sums, self.known
-                if total(sums[0], sums[1], known[0], known[1], 0, known[2], some) >= self.best_value:
+                if bound(sums[0], sums[1], known[0], known[1], 0, known[2], some) >= self.best_value:
                     pass  # nothing below can improve: this is _bound(), inlined
                 elif not addable:
                     if not self.leaf(case):

@@ -19,7 +19,10 @@ codec's ratio of bytes on the wire to raw bytes::
 
 and ``T_M`` is the device time of every node when ``S`` is empty. ``Df``/``Db`` (``Sf``/``Sb``)
 are the forward and backward shares of the device (server) nodes: ``device_fwd_s`` /
-``server_fwd_s`` of the profile where known, otherwise one third of the node's time. With
+``server_fwd_s`` of the profile where known, otherwise one third of the node's time. A node with a
+fixed part (``device_fixed_s`` / ``server_fixed_s``: what a micro-batch pays whatever its size,
+per-op overheads that a CPU pays again for every micro-batch) adds ``(M - 1) * fixed`` to its
+shares (:meth:`~lightning_split.planning.profile.NodeCost.stage_s`). With
 ``M = 1``, ``rho = 1`` and ``message_s = 0`` this is the sequential ``T`` of
 :func:`lightning_split.planning.planner.step_time`.
 
@@ -146,7 +149,10 @@ class StageCosts:
         names, position: node names in graph order and the position of each name.
         inputs, consumers: distinct input / consumer positions of each node.
         is_input: whether the node is a model input (always on the device).
-        device_fwd, device_bwd, server_fwd, server_bwd: forward and backward shares, seconds.
+        device_fwd, device_bwd, server_fwd, server_bwd: forward and backward shares, seconds, of
+            ``micro_batches`` micro-batches together: with the nodes' ``device_fixed_s`` /
+            ``server_fixed_s`` these grow with ``M`` (:meth:`NodeCost.stage_s`), so an
+            :class:`Objective` must be for the same ``M``.
         out_bytes: bytes each node produces; ``returned``: the same for model outputs, else 0.
         mem: ``device_mem_bytes`` (0 where unknown).
         uplink, downlink, rtt_s, message_s: the link.
@@ -154,7 +160,7 @@ class StageCosts:
             profile's optional top-level ``codec_s_per_byte``; none: free), charged with each transfer.
     """
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, micro_batches: int = 1) -> None:
         nodes = profile.nodes
         self.n = len(nodes)
         self.names = [node.name for node in nodes]
@@ -165,10 +171,14 @@ class StageCosts:
             for u in sources:
                 self.consumers[u].append(w)
         self.is_input = [node.kind == "input" for node in nodes]
-        self.device_fwd = [node.forward_s("device") for node in nodes]
-        self.device_bwd = [node.device_s - f for node, f in zip(nodes, self.device_fwd)]
-        self.server_fwd = [node.forward_s("server") for node in nodes]
-        self.server_bwd = [node.server_s - f for node, f in zip(nodes, self.server_fwd)]
+        self.micro_batches = micro_batches = check_micro_batches(micro_batches)
+        self.device_fwd, self.device_bwd = _columns(node.stage_s("device", micro_batches) for node in nodes)
+        self.server_fwd, self.server_bwd = _columns(node.stage_s("server", micro_batches) for node in nodes)
+        #: whether any node has a part that every micro-batch pays (then the arrays hold for ``micro_batches`` only)
+        self.has_fixed = any(node.device_fixed_s or node.server_fixed_s for node in nodes)
+        #: forward and backward seconds of everything on the device, which runs the batch whole
+        self.alone_fwd = math.fsum(node.forward_s("device") for node in nodes)
+        self.alone_bwd = math.fsum(node.device_s for node in nodes) - self.alone_fwd
         self.out_bytes = [node.out_bytes for node in nodes]
         outputs = set(profile.outputs)
         self.returned = [node.out_bytes if node.name in outputs else 0 for node in nodes]
@@ -213,12 +223,28 @@ class Objective:
     ``total`` is the optimisers' inner loop; ``terms`` gives the same value with its terms.
     """
 
-    __slots__ = ("codec", "down_per_byte", "fixed_s", "inverse", "micro_batches", "rtt_s", "share", "up_per_byte")
+    __slots__ = (
+        "alone",
+        "codec",
+        "down_per_byte",
+        "fixed_s",
+        "inverse",
+        "micro_batches",
+        "rtt_s",
+        "share",
+        "up_per_byte",
+    )
 
     def __init__(self, costs: StageCosts, micro_batches: int, codec: str) -> None:
         micro_batches = self.micro_batches = check_micro_batches(micro_batches)
+        if costs.has_fixed and costs.micro_batches != micro_batches:
+            raise PlanningError(
+                f"stage costs built for {costs.micro_batches} micro-batch(es) cannot price {micro_batches}: "
+                "the profile's fixed per-micro-batch costs depend on M; build StageCosts(profile, micro_batches)"
+            )
         rho = codec_ratio(codec)
         self.codec = codec
+        self.alone = (costs.alone_fwd, costs.alone_bwd)  # no server part: the batch is not cut
         self.inverse, self.share = 1.0 / micro_batches, 1.0 - 1.0 / micro_batches
         coding_s = costs.codec_s_per_byte.get(codec, 0.0)  # encoding at one end, decoding at the other
         self.up_per_byte = rho / costs.uplink + coding_s
@@ -239,16 +265,38 @@ class Objective:
     ) -> float:
         """``T_M`` given the device and server shares and the crossing and returned bytes.
 
-        This is :func:`pipe_m` of both phases written out, since the optimisers call it for
+        ``server_used=False`` means every node is on the device (the sums are then ignored: the
+        batch runs whole). This is :func:`pipe_m` of both phases written out, since the optimisers call it for
         every placement they evaluate.
         """
         if not server_used:
-            return device_fwd + device_bwd
+            return self.alone[0] + self.alone[1]
         up, down = self.up_per_byte, self.down_per_byte
         x_up, x_down, o_up, o_down = crossed * up, crossed * down, returned * up, returned * down
         stages = device_fwd + x_up + server_fwd + o_down + o_up + server_bwd + x_down + device_bwd
         slowest = max(device_fwd, x_up, server_fwd, o_down) + max(o_up, server_bwd, x_down, device_bwd)
         return stages * self.inverse + self.share * slowest + self.fixed_s
+
+    def bound(
+        self,
+        device_fwd: float,
+        device_bwd: float,
+        server_fwd: float,
+        server_bwd: float,
+        crossed: float,
+        returned: float,
+        server_required: bool,
+    ) -> float:
+        """A lower bound of ``T_M`` over the placements whose sums are at least these.
+
+        ``T_M`` grows with every sum, so :meth:`total` bounds the placements that must use the
+        server (``server_required``). Where the server part may be empty, all on the device costs ``alone`` (the batch
+        is not cut), and a split costs at least its device shares (each phase's pipeline lasts at
+        least its slowest stage times ``1 - 1/M`` plus the stages' sum over ``M``).
+        """
+        if server_required:
+            return self.total(device_fwd, device_bwd, server_fwd, server_bwd, crossed, returned, True)
+        return min(self.alone[0] + self.alone[1], device_fwd + device_bwd)
 
     def terms(
         self,
@@ -261,6 +309,8 @@ class Objective:
         server_used: bool,
     ) -> PipelinedTime:
         """The :class:`PipelinedTime` of the same sums as :meth:`total`."""
+        if not server_used:
+            device_fwd, device_bwd = self.alone
         return PipelinedTime(
             micro_batches=self.micro_batches,
             device_fwd_s=device_fwd,
@@ -274,6 +324,15 @@ class Objective:
             rtt_s=self.rtt_s if server_used else 0.0,
             message_s=self.fixed_s - self.rtt_s if server_used else 0.0,
         )
+
+
+def _columns(pairs: Iterable[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    forward: list[float] = []
+    backward: list[float] = []
+    for f, b in pairs:
+        forward.append(f)
+        backward.append(b)
+    return forward, backward
 
 
 def _codec_costs(value: Any) -> dict[str, float]:
@@ -312,5 +371,5 @@ def pipelined_step_time(
         >>> pipelined_step_time(profile, ["x", "n0"], 2).total
         6.5
     """
-    costs = StageCosts(profile)
+    costs = StageCosts(profile, micro_batches)
     return costs.time(costs.mask(device_names), Objective(costs, micro_batches, codec))

@@ -126,7 +126,7 @@ def plan_pipelined(
     """
     started = time.perf_counter()
     _check_limits(device_memory, max_placements)
-    costs = StageCosts(profile)
+    costs = StageCosts(profile, micro_batches)
     objective = Objective(costs, micro_batches, codec)
     constraints = resolve(profile, costs, pin_device, pin_server, private_inputs, device_memory)
     linear = objective.micro_batches == 1 and device_memory is None  # then one min cut is exact

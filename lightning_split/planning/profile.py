@@ -139,8 +139,15 @@ def _parse_unit(text: str, units: Mapping[str, float], whole: str) -> float:
 
 
 #: Optional node fields (``lightning-split-profile/1`` readers that do not need them ignore them):
-#: byte counts and forward shares of ``device_s`` / ``server_s``.
-OPTIONAL_NODE_FIELDS = ("param_bytes", "device_mem_bytes", "device_fwd_s", "server_fwd_s")
+#: byte counts, forward shares of ``device_s`` / ``server_s`` and their parts a micro-batch pays whatever its size.
+OPTIONAL_NODE_FIELDS = (
+    "param_bytes",
+    "device_mem_bytes",
+    "device_fwd_s",
+    "server_fwd_s",
+    "device_fixed_s",
+    "server_fixed_s",
+)
 _REQUIRED_NODE_FIELDS = ("name", "kind", "inputs", "out_bytes", "device_s", "server_s")
 
 
@@ -163,8 +170,12 @@ class NodeCost:
             optimizer state, saved activations), for a device memory budget. ``None`` when unknown.
         device_fwd_s: the forward share of ``device_s`` (``None``: one third of it).
         server_fwd_s: the forward share of ``server_s`` (``None``: one third of it).
+        device_fixed_s: the part of ``device_s`` that does not shrink with the batch (per-op
+            overheads): a micro-batch of ``1/M`` of the batch costs ``device_fixed_s +
+            (device_s - device_fixed_s) / M`` (``None``: 0, each micro-batch costs its share).
+        server_fixed_s: the same for ``server_s``.
 
-    The four optional fields are typed views: a value found under the same key in ``extra``
+    The optional fields are typed views: a value found under the same key in ``extra``
     (where :func:`~lightning_split.costs.estimate.estimate_profile` and older readers put
     ``param_bytes``) is read as the field, and a field given explicitly also updates that key
     of ``extra`` when it is there, so the two never disagree. They are written to JSON only when
@@ -182,6 +193,8 @@ class NodeCost:
     device_mem_bytes: int | None = None
     device_fwd_s: float | None = None
     server_fwd_s: float | None = None
+    device_fixed_s: float | None = None
+    server_fixed_s: float | None = None
 
     def __post_init__(self) -> None:
         extra = self.extra
@@ -205,6 +218,25 @@ class NodeCost:
         total, forward = (self.device_s, self.device_fwd_s) if side == "device" else (self.server_s, self.server_fwd_s)
         return total / 3.0 if forward is None else float(forward)
 
+    def stage_s(self, side: str, micro_batches: int = 1) -> tuple[float, float]:
+        """Forward and backward seconds of this node on ``side`` for ``micro_batches`` micro-batches in all.
+
+        ``M`` micro-batches of ``1/M`` of the batch each cost ``fixed + (total - fixed) / M``, so
+        together they cost the whole batch's time plus ``(M - 1) * fixed``; the extra is split
+        between forward and backward as the node's time is. With ``M = 1`` or no fixed part this
+        is ``(forward_s(side), total - forward_s(side))``.
+        """
+        if side == "device":
+            total, fixed = self.device_s, self.device_fixed_s
+        else:
+            total, fixed = self.server_s, self.server_fixed_s
+        forward = self.forward_s(side)
+        if micro_batches == 1 or not fixed:
+            return forward, total - forward
+        extra = (micro_batches - 1) * float(fixed)
+        fraction = forward / total if total > 0 else 1.0 / 3.0
+        return forward + extra * fraction, total - forward + extra * (1.0 - fraction)
+
     def validate(self) -> None:
         """Check the numbers of this node; raise :class:`ProfileError` naming the node and field."""
         if self.out_bytes < 0:
@@ -217,7 +249,13 @@ class NodeCost:
             value = getattr(self, attr)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise ProfileError(f"node {self.name!r} has {attr}={value!r}; expected an integer number of bytes >= 0")
-        for attr, total in (("device_fwd_s", "device_s"), ("server_fwd_s", "server_s")):
+        shares = (
+            ("device_fwd_s", "device_s", "the forward share of forward + backward"),
+            ("server_fwd_s", "server_s", "the forward share of forward + backward"),
+            ("device_fixed_s", "device_s", "the part a micro-batch pays whatever its size"),
+            ("server_fixed_s", "server_s", "the part a micro-batch pays whatever its size"),
+        )
+        for attr, total, meaning in shares:
             value = getattr(self, attr)
             if value is None:
                 continue
@@ -225,8 +263,7 @@ class NodeCost:
                 raise ProfileError(f"node {self.name!r} has {attr}={value!r}; expected finite seconds >= 0")
             if value > getattr(self, total):
                 raise ProfileError(
-                    f"node {self.name!r} has {attr}={value!r} above its {total}={getattr(self, total)!r} "
-                    "(the forward share of forward + backward)"
+                    f"node {self.name!r} has {attr}={value!r} above its {total}={getattr(self, total)!r} ({meaning})"
                 )
 
     def to_json(self) -> dict[str, Any]:

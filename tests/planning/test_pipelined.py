@@ -17,7 +17,7 @@ from lightning_split.planning.constraints import (
     raw_nodes,
 )
 from lightning_split.planning.enumeration import boundary_positions
-from lightning_split.planning.pipelined import CODEC_RATIOS, StageCosts, pipe_m, pipelined_step_time
+from lightning_split.planning.pipelined import CODEC_RATIOS, Objective, StageCosts, pipe_m, pipelined_step_time
 from lightning_split.planning.pipelined_planner import best_micro_batches, plan_pipelined, sequential_optimum
 from lightning_split.planning.planner import PlanningError
 from lightning_split.planning.profile import Link, NodeCost, Profile
@@ -58,6 +58,8 @@ def random_profile(seed: int, nodes: int | None = None) -> Profile:
                 device_mem_bytes=rng.randint(0, 400),
                 device_fwd_s=rng.uniform(0, device_s) if rng.random() < 0.3 else None,
                 server_fwd_s=rng.uniform(0, server_s) if rng.random() < 0.3 else None,
+                device_fixed_s=rng.uniform(0, device_s) if rng.random() < 0.3 else None,
+                server_fixed_s=rng.uniform(0, server_s) if rng.random() < 0.3 else None,
             )
         )
     names = [node.name for node in result]
@@ -72,8 +74,18 @@ def forward_share(node, side):
     return total / 3 if forward is None else forward
 
 
+def shares(node, side, m):
+    """Forward and backward seconds of M micro-batches: each pays the fixed part and 1/M of the rest."""
+    total = node.device_s if side == "device" else node.server_s
+    fixed = (node.device_fixed_s if side == "device" else node.server_fixed_s) or 0.0
+    forward = forward_share(node, side)
+    fraction = forward / total if total else 1 / 3
+    per_micro_batch = fixed + (total - fixed) / m
+    return m * per_micro_batch * fraction, m * per_micro_batch * (1 - fraction)
+
+
 def plain_time(profile, device, m, codec="none"):
-    """SPEC 1b, term by term."""
+    """SPEC 1b, term by term (with each node's fixed per-micro-batch part)."""
     rho = CODEC_RATIOS[codec]
     device = set(device)
     server = [node for node in profile.nodes if node.name not in device]
@@ -84,10 +96,10 @@ def plain_time(profile, device, m, codec="none"):
     crossing = {u for node in server for u in node.inputs if u in device}
     x = sum(profile.node(u).out_bytes for u in crossing)
     o = sum(profile.node(v).out_bytes for v in set(profile.outputs) & on_server)
-    df = sum(forward_share(node, "device") for node in on_device)
-    db = sum(node.device_s - forward_share(node, "device") for node in on_device)
-    sf = sum(forward_share(node, "server") for node in server)
-    sb = sum(node.server_s - forward_share(node, "server") for node in server)
+    df = sum(shares(node, "device", m)[0] for node in on_device)
+    db = sum(shares(node, "device", m)[1] for node in on_device)
+    sf = sum(shares(node, "server", m)[0] for node in server)
+    sb = sum(shares(node, "server", m)[1] for node in server)
     up, down, link = profile.link.uplink_bytes_per_s, profile.link.downlink_bytes_per_s, profile.link
 
     def pipe(*times):
@@ -448,3 +460,21 @@ def test_one_micro_batch_plan_counts_the_message_cost(seed):
         outcome = plan_with_options(profile, "blockwise", micro_batches=1, private_inputs=private)
         found = pipelined_step_time(profile, outcome.plan.device, 1, "none").total
         assert found == pytest.approx(optimum, rel=1e-9, abs=1e-12)
+
+
+def test_a_fixed_part_is_paid_by_every_micro_batch_and_not_by_the_device_alone():
+    """A node whose 3 s hold 1 s of per-micro-batch overhead: M micro-batches cost 3 + (M - 1) * 1 on that side."""
+    nodes = [
+        NodeCost("x", "input", (), 100, 0.0, 0.0, param_bytes=0),
+        NodeCost("a", "op", ("x",), 100, 3.0, 3.0, param_bytes=8, device_fwd_s=1.0, device_fixed_s=1.0),
+        NodeCost("b", "op", ("a",), 100, 3.0, 3.0, param_bytes=8, server_fixed_s=0.6),
+    ]
+    profile = Profile(nodes, ["b"], Link(math.inf, math.inf))
+    assert nodes[1].stage_s("device", 1) == (1.0, 2.0)
+    assert nodes[1].stage_s("device", 4) == pytest.approx((2.0, 4.0))  # 3 s more, split 1:2 as the node's time
+    split = pipelined_step_time(profile, ["x", "a"], 4)
+    assert (split.device_fwd_s, split.device_bwd_s) == pytest.approx((2.0, 4.0))
+    assert split.server_fwd_s + split.server_bwd_s == pytest.approx(3.0 + 3 * 0.6)
+    assert pipelined_step_time(profile, profile.names, 4).total == 6.0, "all on the device: the batch runs whole"
+    with pytest.raises(PlanningError, match="StageCosts"):
+        Objective(StageCosts(profile), 4, "none")

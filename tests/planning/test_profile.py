@@ -140,3 +140,14 @@ def test_malformed_optional_fields_name_the_node_and_field(mutate, message):
     mutate(data)
     with pytest.raises(ProfileError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Profile.from_json(data)
+
+
+def test_fixed_parts_are_read_written_and_checked():
+    node = NodeCost("conv", "op", ("x",), 10, 0.3, 0.03, device_fixed_s=0.1, server_fixed_s=0.01)
+    data = node.to_json()
+    assert (data["device_fixed_s"], data["server_fixed_s"]) == (0.1, 0.01)
+    read = NodeCost.from_json(data)
+    assert (read.device_fixed_s, read.server_fixed_s, read.to_json()) == (0.1, 0.01, data)
+    nodes = [NodeCost("x", "input", (), 10, 0.0, 0.0), dataclasses.replace(node, device_fixed_s=0.5)]
+    with pytest.raises(ProfileError, match=r"device_fixed_s=0.5 above its device_s=0.3 \(the part a micro-batch pays"):
+        Profile(nodes, ["conv"], Link(1e6, 1e6))
