@@ -211,11 +211,17 @@ class ServeProcess:
 
     ``url`` is what the server printed it listens on; ``serve_args`` are extra ``serve`` flags
     and ``extra_env`` extra environment variables (the repository root is put on ``PYTHONPATH``
-    so the server can import the benchmark's model class).
+    so the server can import the benchmark's model class). ``cpus``: the CPU numbers the server
+    may run on (``None``: any), so device and server can each have cores of their own.
     """
 
     def __init__(
-        self, model_path: str, log_path: Path, *serve_args: str, extra_env: dict[str, str] | None = None
+        self,
+        model_path: str,
+        log_path: Path,
+        *serve_args: str,
+        extra_env: dict[str, str] | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
         import threading
 
@@ -227,8 +233,9 @@ class ServeProcess:
             "--host", "127.0.0.1", "--port", "0", *serve_args,
         ]  # fmt: skip
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None
         self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
+            self.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True, preexec_fn=pin
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

@@ -699,6 +699,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", action="store_true", help="copy the chart to benchmarks/results/")
     parser.add_argument("--micro-batches", default="1,4", help="M values; each M > 1 reruns every bandwidth's cut")
     parser.add_argument(
+        "--pipelined-cut",
+        choices=("m1", "auto"),
+        default="m1",
+        help="M > 1 runs: the M=1 run's cut (m1, skipped when it is device only) or their own plan for T_M (auto)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the device on CPU 0, the server on CPU 1: a pipelined step overlaps them instead of sharing cores",
+    )
+    parser.add_argument(
         "--steady-malloc",
         action="store_true",
         help="keep freed memory in glibc's heap on both sides (no mmap/trim page faults every step)",
@@ -728,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_split import SplitStrategy
 
     torch.set_num_threads(args.device_threads)
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            parser.error("--pin needs two CPUs")
+        os.sched_setaffinity(0, {0})
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_split"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -744,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads",
         str(setup.server_threads),
         extra_env=STEADY_MALLOC_ENV if args.steady_malloc else None,
+        cpus={1} if args.pin else None,
     )
     print(
         f"{setup.model_text}\ndevice: this process, {torch.get_num_threads()} torch thread(s); server: "
@@ -814,11 +830,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         for m in (int(v) for v in args.micro_batches.split(",") if int(v) > 1):
             for bandwidth in order:
-                if by_bandwidth[bandwidth]["chosen"]["label"] == "device only":
-                    continue  # no server part: nothing to pipeline
-                cut = list(by_bandwidth[bandwidth]["chosen"]["cut"])
-                run = fit(model_cls, strategy(bandwidth, cut, m), setup.steps, setup.warmup)
-                row = pipelined_record(m, bandwidth, run, by_bandwidth[bandwidth], profiles[bandwidth])
+                if args.pipelined_cut == "auto":
+                    run = fit(model_cls, strategy(bandwidth, "auto", m), setup.steps, setup.warmup)
+                    profile = run.strategy.plan.profile
+                else:
+                    if by_bandwidth[bandwidth]["chosen"]["label"] == "device only":
+                        continue  # no server part: nothing to pipeline
+                    cut = list(by_bandwidth[bandwidth]["chosen"]["cut"])
+                    run = fit(model_cls, strategy(bandwidth, cut, m), setup.steps, setup.warmup)
+                    profile = profiles[bandwidth]
+                row = pipelined_record(m, bandwidth, run, by_bandwidth[bandwidth], profile)
                 pipelined_rows.append(row)
                 print(
                     f"  M={m:<9} {bandwidth:<10} predicted {row['predicted_step_s'] * 1e3:8.1f} ms, measured "
@@ -847,6 +868,8 @@ def main(argv: list[str] | None = None) -> int:
         "timed_steps": setup.steps,
         "tolerance": TOLERANCE,
         "threads": {"device": torch.get_num_threads(), "server": setup.server_threads},
+        "pinned": args.pin,
+        "pipelined_cut": args.pipelined_cut,
         "server_command": " ".join(server.command[1:]),
         "machine": _machine_info(),
         "elapsed_s": elapsed,
