@@ -54,10 +54,11 @@ class ProfileCache:
 
     A key (see :meth:`key`) names everything the costs depend on: the graph fingerprint,
     the shapes and dtypes of the batch, the side, the hardware, the torch version, the
-    warm-up/repeat counts, whether the costs are calibrated and the optimizers whose steps
-    they include. Files are written to a temporary name and renamed into place, so a reader
-    never sees half an entry; an unreadable or inconsistent entry is ignored with a warning
-    (and overwritten by the next measurement).
+    warm-up/repeat counts, whether the costs are calibrated, the optimizers whose steps
+    they include and the number of micro-batches they were also timed for. Files are written
+    to a temporary name and renamed into place, so a reader never sees half an entry; an
+    unreadable or inconsistent entry is ignored with a warning (and overwritten by the next
+    measurement).
 
     Args:
         directory: where entries live (default: :func:`default_cache_dir`).
@@ -78,8 +79,14 @@ class ProfileCache:
         model: str | None = None,
         calibrate: bool = True,
         optimizers: Sequence[Mapping[str, Any]] = (),
+        micro_batches: int = 1,
     ) -> dict[str, Any]:
-        """The fields an entry is keyed by (``example`` may hold tensors or their skeleton)."""
+        """The fields an entry is keyed by (``example`` may hold tensors or their skeleton).
+
+        ``micro_batches`` (the costs also hold the parts each of that many micro-batches pays)
+        is a field only when it is above 1, so entries without it keep the keys they had.
+        """
+        extra = {"micro_batches": int(micro_batches)} if micro_batches > 1 else {}
         return {
             "format": CACHE_FORMAT,
             "fingerprint": fingerprint,
@@ -92,6 +99,7 @@ class ProfileCache:
             "model": model,
             "calibrate": bool(calibrate),
             "optimizers": _jsonable(list(optimizers)),
+            **extra,
         }
 
     def path(self, key: Mapping[str, Any]) -> Path:

@@ -43,6 +43,8 @@ class NodeCosts:
         measure_s: seconds measuring took when they were measured.
         cached: whether they came from the cache.
         details: how the costs were calibrated (:meth:`TimedCosts.details`; empty if unknown).
+        forward_s: each node's forward share of ``node_s`` (timed with ``micro_batches`` > 1, else empty).
+        fixed_s: the part of each node's cost that every micro-batch pays (the same).
     """
 
     node_s: dict[str, float]
@@ -52,6 +54,19 @@ class NodeCosts:
     measure_s: float
     cached: bool
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    forward_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    fixed_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_cache(cls, hit: Any, side: str, wall_s: float) -> NodeCosts:
+        """The costs of a cache entry (its ``details`` hold the per-node forward shares and fixed parts)."""
+        details = dict(hit.details)
+        forward_s, fixed_s = (_seconds_by_node(details.pop(name, {})) for name in _PER_NODE)
+        return cls(hit.node_s, side, hit.hardware, wall_s, hit.measure_s, True, details, forward_s, fixed_s)
+
+    def cache_details(self) -> dict[str, Any]:
+        """What a cache entry keeps beside ``node_s``: the calibration and the per-node parts."""
+        return {**self.details, "forward_s": self.forward_s, "fixed_s": self.fixed_s}
 
     def extras(self) -> dict[str, Any]:
         """Profile extras for this side: ``device_scale``, ``device_raw_sum_s``, ``device_whole_s``, ... ."""
@@ -84,6 +99,9 @@ class Profiler:
         device: this side's torch device.
         calibrate: scale node costs to whole forward+backward passes, on both sides (see
             :func:`~lightning_split.costs.timing.time_node_costs`; on by default).
+        micro_batches: ``M`` > 1: also time, on both sides, each node's forward share and its
+            cost on one of ``M`` micro-batches, for the pipelined step's cost model (twice the
+            measuring; 1: the batch only).
     """
 
     def __init__(
@@ -93,12 +111,16 @@ class Profiler:
         repeats: int = 5,
         device: str | torch.device = "cpu",
         calibrate: bool = True,
+        micro_batches: int = 1,
     ) -> None:
+        if not (isinstance(micro_batches, int) and not isinstance(micro_batches, bool) and micro_batches >= 1):
+            raise ValueError(f"micro_batches must be an integer >= 1, got {micro_batches!r}")
         self.cache = cache
         self.warmup = warmup
         self.repeats = repeats
         self.device = torch.device(device)
         self.calibrate = calibrate
+        self.micro_batches = micro_batches
 
     def device_costs(
         self,
@@ -124,11 +146,11 @@ class Profiler:
             self.repeats,
             calibrate=self.calibrate,
             optimizers=optimizers,
+            **self._key_extra(),
         )
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None and _covers(hit.node_s, traced):
-            wall_s = time.perf_counter() - started
-            return NodeCosts(hit.node_s, "device", hardware, wall_s, hit.measure_s, True, hit.details)
+            return NodeCosts.from_cache(hit, "device", time.perf_counter() - started)
         timed = time_node_costs(
             traced,
             args,
@@ -138,11 +160,20 @@ class Profiler:
             self.repeats,
             calibrate=self.calibrate,
             optimizers=optimizers,
+            micro_batches=self.micro_batches,
         )
         measure_s = time.perf_counter() - started
+        details = timed.details()
+        costs = NodeCosts(
+            timed.node_s, "device", hardware, measure_s, measure_s, False, details, timed.forward_s, timed.fixed_s
+        )
         if self.cache is not None:
-            self.cache.put(key, timed.node_s, measure_s, hardware, timed.details())
-        return NodeCosts(timed.node_s, "device", hardware, measure_s, measure_s, False, timed.details())
+            self.cache.put(key, timed.node_s, measure_s, hardware, costs.cache_details())
+        return costs
+
+    def _key_extra(self) -> dict[str, Any]:
+        """Cache-key fields beyond the defaults (so entries made without them keep their keys)."""
+        return {"micro_batches": self.micro_batches} if self.micro_batches > 1 else {}
 
     def server_costs(
         self,
@@ -166,18 +197,27 @@ class Profiler:
         key = self._server_key(remote, fields, optimizers) if self.cache is not None else None
         hit = self.cache.get(key) if self.cache is not None and key is not None else None
         if hit is not None and _covers(hit.node_s, traced):
-            wall_s = time.perf_counter() - started
-            return NodeCosts(hit.node_s, "server", hit.hardware, wall_s, hit.measure_s, True, hit.details)
+            return NodeCosts.from_cache(hit, "server", time.perf_counter() - started)
         (reply,) = remote.call([self._profile_request(fields, optimizers)])
         node_s = {str(name): float(value) for name, value in reply.node_s.items()}
         missing = [info.name for info in traced.nodes if info.name not in node_s]
         if missing:
             raise RuntimeError(f"the server's profile lacks node(s) {missing[:8]}; is it serving the same model?")
         wall_s = time.perf_counter() - started
-        details = dict(reply.calibration)
+        costs = NodeCosts(
+            node_s,
+            "server",
+            reply.hardware,
+            wall_s,
+            float(reply.measure_s),
+            False,
+            dict(reply.calibration),
+            _seconds_by_node(reply.forward_s),
+            _seconds_by_node(reply.fixed_s),
+        )
         if self.cache is not None and key is not None:
-            self.cache.put(key, node_s, float(reply.measure_s), reply.hardware, details)
-        return NodeCosts(node_s, "server", reply.hardware, wall_s, float(reply.measure_s), False, details)
+            self.cache.put(key, node_s, float(reply.measure_s), reply.hardware, costs.cache_details())
+        return costs
 
     def _server_key(
         self, remote: RemoteServer, fields: Mapping[str, Any], optimizers: Sequence[Mapping[str, Any]]
@@ -197,6 +237,7 @@ class Profiler:
             model=str(fields["model"]),
             calibrate=self.calibrate,
             optimizers=optimizers,
+            **self._key_extra(),
         )
 
     def _profile_request(self, fields: Mapping[str, Any], optimizers: Sequence[Mapping[str, Any]]) -> messages.Profile:
@@ -209,7 +250,22 @@ class Profiler:
             repeats=self.repeats,
             optimizers=[dict(optimizer) for optimizer in optimizers],
             calibrate=self.calibrate,
+            micro_batches=self.micro_batches,
         )
+
+
+_PER_NODE = ("forward_s", "fixed_s")
+
+
+def _seconds_by_node(value: Any) -> dict[str, float]:
+    """A node -> seconds mapping, checked (finite, >= 0); anything else is empty."""
+    if not isinstance(value, Mapping):
+        return {}
+    result = {}
+    for name, seconds in value.items():
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < float("inf"):
+            result[str(name)] = float(seconds)
+    return result
 
 
 def _covers(node_s: Mapping[str, float], traced: TracedModel) -> bool:

@@ -108,6 +108,10 @@ class NodeStep:
         kwargs = fx.node.map_arg(self.node.kwargs, value_of)
         return Call(args, kwargs, leaves)
 
+    def run_forward(self, call: Call) -> None:
+        """The forward alone, recording for autograd as training does (the graph is dropped after)."""
+        self.call(*call.args, **call.kwargs)
+
     def run(self, call: Call) -> None:
         """One forward and, if anything of it is differentiable, one backward with all-ones output gradients."""
         result = self.call(*call.args, **call.kwargs)

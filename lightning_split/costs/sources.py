@@ -177,7 +177,13 @@ class MeasuredCosts:
             extra.update(costs.extras())
             if self.report is not None:
                 self.report(costs.describe())
-        return measured_profile(traced, device.node_s, server.node_s, link, extra)
+        parts = {
+            f"{costs.side}_{field}_s": by_node
+            for costs in (device, server)
+            for field, by_node in (("fwd", costs.forward_s), ("fixed", costs.fixed_s))
+            if by_node
+        }
+        return measured_profile(traced, device.node_s, server.node_s, link, extra, parts)
 
 
 def _how(costs: NodeCosts) -> str:
@@ -226,13 +232,16 @@ def measured_profile(
     server_s: Mapping[str, float],
     link: Link,
     extra: Mapping[str, Any] | None = None,
+    parts: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Profile:
     """A profile (``docs/profile-format.md``) of ``traced`` with the given node costs and link.
 
     Node fields (kind, inputs, out_bytes, and the ``op``/``module``/``flops``/``shape`` extras)
     are those of :func:`~lightning_split.costs.estimate.estimate_profile`; only the costs differ.
     ``extra`` is merged into the profile's top-level extra fields (e.g. hardware names,
-    ``server_s_source``).
+    ``server_s_source``). ``parts`` maps optional node fields (``device_fwd_s``,
+    ``server_fwd_s``, ``device_fixed_s``, ``server_fixed_s``) to their seconds per node; a
+    value is kept within the node's cost on its side.
 
     Raises:
         ValueError: a cost mapping lacks nodes of the trace (named).
@@ -242,12 +251,15 @@ def measured_profile(
         if missing:
             raise ValueError(f"{label} lacks {len(missing)} node(s) of the trace: {missing[:8]}")
     base = estimate.estimate_profile(traced, link)
-    nodes = [
-        dataclasses.replace(node, device_s=float(device_s[node.name]), server_s=float(server_s[node.name]))
-        if node.kind == "op"
-        else node
-        for node in base.nodes
-    ]
+    nodes = []
+    for node in base.nodes:
+        if node.kind == "op":
+            costs = {"device_s": float(device_s[node.name]), "server_s": float(server_s[node.name])}
+            for field_name, by_node in (parts or {}).items():
+                if node.name in by_node:
+                    costs[field_name] = min(float(by_node[node.name]), costs[field_name.split("_")[0] + "_s"])
+            node = dataclasses.replace(node, **costs)
+        nodes.append(node)
     top = {
         "batch_size": traced.batch_size,
         "fingerprint": traced.fingerprint(),

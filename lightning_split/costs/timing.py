@@ -53,7 +53,15 @@ from lightning_split.graph.nodes import COST_OPS
 from lightning_split.graph.programs import used_state
 from lightning_split.graph.recording import PreservedState
 
-__all__ = ["TimedCosts", "hardware_name", "measure_node_costs", "normalised_device", "time_node_costs"]
+__all__ = [
+    "MicroBatchTiming",
+    "TimedCosts",
+    "fixed_part",
+    "hardware_name",
+    "measure_node_costs",
+    "normalised_device",
+    "time_node_costs",
+]
 
 
 @dataclass(frozen=True)
@@ -76,14 +84,45 @@ class TimedCosts:
     scale: float
     optimizer_s: float
     optimizer_node_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    forward_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    fixed_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    micro_batch: MicroBatchTiming | None = None
 
     def details(self) -> dict[str, Any]:
         """The calibration figures as JSON values (for profile extras, cache entries and the ``profile`` reply)."""
-        return {
+        details: dict[str, Any] = {
             "raw_sum_s": self.raw_sum_s,
             "whole_s": self.whole_s,
             "scale": self.scale,
             "optimizer_s": self.optimizer_s,
+        }
+        if self.micro_batch is not None:
+            details.update(self.micro_batch.details())
+        return details
+
+
+@dataclass(frozen=True)
+class MicroBatchTiming:
+    """How the nodes were timed on one micro-batch, to find what each micro-batch pays whatever its size.
+
+    Attributes:
+        micro_batches: ``M``: the nodes ran on the first of ``M`` micro-batches, cut as the runtime cuts them.
+        samples, micro_samples: the batch's samples and the micro-batch's.
+        raw_sum_s, whole_s: the micro-batch's nodes one by one, summed, and its whole pass (its calibration).
+    """
+
+    micro_batches: int
+    samples: int
+    micro_samples: int
+    raw_sum_s: float
+    whole_s: float | None
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "micro_batches": self.micro_batches,
+            "micro_samples": self.micro_samples,
+            "micro_raw_sum_s": self.raw_sum_s,
+            "micro_whole_s": self.whole_s,
         }
 
 
@@ -112,6 +151,7 @@ def time_node_costs(
     train: bool = True,
     calibrate: bool = True,
     optimizers: Sequence[Mapping[str, Any]] = (),
+    micro_batches: int = 1,
 ) -> TimedCosts:
     """Forward+backward seconds of every cost node of ``traced`` for one batch (see the module docstring).
 
@@ -132,6 +172,13 @@ def time_node_costs(
             only). One step of each is timed over copies of the parameters the graph uses, and
             each parameter-owning node gets the share of its parameters' bytes (a parameter
             used by several nodes is shared equally between them).
+        micro_batches: with ``M > 1`` (for a pipelined step), also time each node's forward
+            alone (``forward_s``: its forward share of ``node_s``) and every node again on the
+            first of ``M`` micro-batches (the batch's tensors cut along dimension 0 as the
+            runtime cuts them), calibrated the same way. From the two sizes, a node costs
+            ``fixed + per_sample * samples``; ``fixed_s`` is that fixed part, between 0 and
+            the node's cost: what each micro-batch pays again (per-op overheads, on a CPU often
+            a large part of a small batch's time).
 
     Returns:
         A :class:`TimedCosts` whose ``node_s`` holds every node of ``traced.nodes``, in graph
@@ -157,23 +204,96 @@ def time_node_costs(
         if train:
             for module in gm.modules():
                 module.training = True
-        costs = _time_nodes(gm, inputs, timer, warmup, repeats)  # its captured activations are freed on return
-        if calibrate:
-            whole = WholePass(gm, inputs)
-            whole_s = _seconds(timer, whole.prepare, whole.run, warmup, repeats)
+        costs, whole_s = _timed_pass(gm, inputs, timer, warmup, repeats, calibrate)
+        forward: dict[str, float] = {}
+        small: tuple[dict[str, float], float | None, MicroBatchTiming] | None = None
+        if micro_batches > 1:
+            forward = _time_nodes(gm, inputs, timer, warmup, repeats, forward_only=True)
+            cut = _first_micro_batch(inputs, micro_batches)
+            if cut is not None:
+                piece, samples, micro_samples = cut
+                small_costs, small_whole = _timed_pass(gm, piece, timer, warmup, repeats, calibrate)
+                timing = MicroBatchTiming(micro_batches, samples, micro_samples, sum(small_costs.values()), small_whole)
+                small = (small_costs, small_whole, timing)
     raw_sum_s = sum(costs.values())
-    scale = whole_s / raw_sum_s if whole_s is not None and raw_sum_s > 0 else 1.0
+    scale = _scale(whole_s, raw_sum_s)
     optimizer_node_s = _optimizer_costs(gm, optimizers, timer, warmup, repeats) if optimizers else {}
     node_s = {name: seconds * scale + optimizer_node_s.get(name, 0.0) for name, seconds in costs.items()}
-    return TimedCosts(node_s, raw_sum_s, whole_s, scale, sum(optimizer_node_s.values()), optimizer_node_s)
+    forward_s = {name: min(1.0, forward[name] / seconds) * seconds * scale if seconds > 0 else 0.0
+                 for name, seconds in costs.items() if name in forward}  # fmt: skip
+    fixed_s: dict[str, float] = {}
+    timing = None
+    if small is not None:
+        small_costs, small_whole, timing = small
+        small_scale = _scale(small_whole, timing.raw_sum_s)
+        for name, seconds in costs.items():
+            at_micro = small_costs.get(name, 0.0) * small_scale
+            fixed_s[name] = fixed_part(seconds * scale, at_micro, timing.samples, timing.micro_samples)
+    return TimedCosts(
+        node_s, raw_sum_s, whole_s, scale, sum(optimizer_node_s.values()), optimizer_node_s, forward_s, fixed_s, timing
+    )
+
+
+def fixed_part(at_batch_s: float, at_micro_s: float, samples: int, micro_samples: int) -> float:
+    """What a node costs whatever its batch, from its cost on ``samples`` and on ``micro_samples`` samples.
+
+    The line ``fixed + per_sample * n`` through both points, at ``n = 0``, kept between 0 and
+    ``at_batch_s`` (timing noise can put it outside).
+
+    Examples:
+        >>> fixed_part(4.0, 1.0, 32, 8)  # a quarter of the batch costs a quarter: nothing fixed
+        0.0
+        >>> fixed_part(4.0, 2.5, 32, 8)  # 2 + n/16
+        2.0
+    """
+    if micro_samples >= samples:
+        raise ValueError(f"need fewer micro-batch samples than batch samples, got {micro_samples} of {samples}")
+    fixed = (at_micro_s * samples - at_batch_s * micro_samples) / (samples - micro_samples)
+    return min(max(fixed, 0.0), at_batch_s)
+
+
+def _scale(whole_s: float | None, raw_sum_s: float) -> float:
+    return whole_s / raw_sum_s if whole_s is not None and raw_sum_s > 0 else 1.0
+
+
+def _timed_pass(
+    gm: fx.GraphModule, inputs: Sequence[Any], timer: _Timer, warmup: int, repeats: int, calibrate: bool
+) -> tuple[dict[str, float], float | None]:
+    """Every node's forward+backward seconds on ``inputs`` and, with ``calibrate``, a whole pass's."""
+    costs = _time_nodes(gm, inputs, timer, warmup, repeats)  # its captured activations are freed on return
+    if not calibrate:
+        return costs, None
+    whole = WholePass(gm, inputs)
+    return costs, _seconds(timer, whole.prepare, whole.run, warmup, repeats)
+
+
+def _first_micro_batch(inputs: Sequence[Any], micro_batches: int) -> tuple[list[Any], int, int] | None:
+    """The first of ``micro_batches`` micro-batches of the graph's inputs, the batch's samples and its own.
+
+    As the runtime cuts a batch (:func:`lightning_split.runtime.microbatch.split_batch`): the batch size is
+    the first dimension of the first tensor, every tensor with that first dimension is cut with
+    ``torch.tensor_split``. ``None`` when there is nothing to cut (no batch of two or more samples).
+    """
+    batch = next((v.shape[0] for v in inputs if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    if batch is None or batch < 2:
+        return None
+    pieces = min(micro_batches, batch)
+    first = [
+        torch.tensor_split(v, pieces)[0] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch else v
+        for v in inputs
+    ]
+    return first, int(batch), -(-int(batch) // pieces)  # tensor_split's first piece has the extra sample
 
 
 def _time_nodes(
-    gm: fx.GraphModule, inputs: Sequence[Any], timer: _Timer, warmup: int, repeats: int
+    gm: fx.GraphModule, inputs: Sequence[Any], timer: _Timer, warmup: int, repeats: int, forward_only: bool = False
 ) -> dict[str, float]:
-    """Forward+backward seconds of each node on its captured inputs; the per-``autograd.grad`` overhead removed."""
+    """Forward+backward seconds of each node on its captured inputs; the per-``autograd.grad`` overhead removed.
+
+    ``forward_only``: the forward alone (with autograd recording, as in training).
+    """
     values = captured_values(gm, inputs)
-    overhead_s, floor_s = _backward_call_overhead(timer)
+    overhead_s, floor_s = (0.0, 0.0) if forward_only else _backward_call_overhead(timer)
     costs: dict[str, float] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -181,12 +301,14 @@ def _time_nodes(
         elif node.op in COST_OPS:
             step = NodeStep(gm, node, values)
             try:
-                seconds = _seconds(timer, step.prepare, step.run, warmup, repeats)
+                seconds = _seconds(timer, step.prepare, step.run_forward if forward_only else step.run, warmup, repeats)
             except Exception as exc:
                 raise RuntimeError(
                     f"timing node {node.name!r} ({node.op} {node.target}) failed: {type(exc).__name__}: {exc}"
                 ) from exc
-            costs[node.name] = max(seconds - overhead_s, min(seconds, floor_s)) if step.differentiates else seconds
+            if step.differentiates and not forward_only:
+                seconds = max(seconds - overhead_s, min(seconds, floor_s))
+            costs[node.name] = seconds
     return costs
 
 

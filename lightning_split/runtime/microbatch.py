@@ -291,6 +291,9 @@ def _first_device(values: Iterable[Any]) -> torch.device:
 
 
 MAX_MICRO_BATCHES = 16
+#: with ``micro_batches="auto"`` and measured costs, the nodes are also timed on one of this many micro-batches
+#: (the fixed part each micro-batch pays is read off the line through the two sizes)
+PROFILED_MICRO_BATCHES = 4
 
 
 def check_micro_batches(value: Any) -> int | str:

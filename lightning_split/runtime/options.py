@@ -48,12 +48,15 @@ class PlanOptions:
         private_inputs: no raw input, in any form, crosses to the server.
         device_memory: the device part's training footprint in bytes at most (``None``: no budget).
         optimizer_slots: parameter-sized optimizer state tensors per parameter (2 for Adam).
+        micro_batches: what ``cut="auto"`` plans for: ``M`` (the pipelined step ``T_M``) or
+            ``"auto"`` (the placement and M of least ``T_M`` together, M from 1 to 16).
     """
 
     codec: str = "none"
     private_inputs: bool = True
     device_memory: int | None = None
     optimizer_slots: int = DEFAULT_OPTIMIZER_SLOTS  # optimizer state tensors per parameter (footprints)
+    micro_batches: int | str = 1
 
     @classmethod
     def of(
@@ -73,6 +76,17 @@ class PlanOptions:
     def for_optimizers(self, optimizers: Sequence[Any]) -> PlanOptions:
         """The same options with the optimizer state of ``optimizers`` in the footprints."""
         return dataclasses.replace(self, optimizer_slots=optimizer_slots(optimizers))
+
+    def for_micro_batches(self, requested: int | str, allowed: int) -> PlanOptions:
+        """The same options planning for the micro-batches the runtime may use.
+
+        ``requested`` is ``SplitStrategy(micro_batches=...)``, ``allowed`` the most the model
+        takes (:func:`~lightning_split.runtime.microbatch.micro_batching_for`: 1 for a model
+        that is not per-sample under ``"auto"``).
+        """
+        if allowed <= 1:
+            return dataclasses.replace(self, micro_batches=1)
+        return dataclasses.replace(self, micro_batches="auto" if requested == "auto" else allowed)
 
     def footprints(self, traced: TracedModel, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, int] | None:
         """Measured ``device_mem_bytes`` per node when there is a budget to meet (``None`` otherwise)."""
@@ -101,6 +115,7 @@ class PlanOptions:
         outcome = plan_with_options(
             profile,
             method,
+            micro_batches=self.micro_batches if objective == "time" else 1,
             codec=self.codec,
             private_inputs=self.private_inputs,
             device_memory=self.device_memory,
@@ -112,8 +127,13 @@ class PlanOptions:
         return outcome.plan
 
     def step_time(self, profile: Profile, device: Iterable[str]) -> float:
-        """Predicted step time of a placement with this codec (section 1b of the spec, one micro-batch)."""
-        return pipelined_step_time(profile, device, 1, self.codec).total
+        """Predicted step time of a placement with this codec and these micro-batches (section 1b of the spec).
+
+        For ``micro_batches="auto"``: with the number of micro-batches from 1 to 16 that suits it best.
+        """
+        device = list(device)
+        choices = range(1, 17) if self.micro_batches == "auto" else (int(self.micro_batches),)
+        return min(pipelined_step_time(profile, device, m, self.codec).total for m in choices)
 
     def check_cut(
         self, traced: TracedModel, spec: SplitSpec, cut: list[str], memory: Mapping[str, int] | None = None

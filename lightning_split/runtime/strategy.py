@@ -42,6 +42,7 @@ from lightning_split.runtime.device import SplitRuntime
 from lightning_split.runtime.federation import FederatedRun, Federation
 from lightning_split.runtime.metrics import TrafficLog, log_hyperparams, log_metrics, replan_metrics
 from lightning_split.runtime.microbatch import (
+    PROFILED_MICRO_BATCHES,
     MicroBatching,
     check_micro_batches,
     choose_micro_batches,
@@ -209,6 +210,7 @@ class SplitStrategy(SingleDeviceStrategy):
         self.link = _as_link(link)
         self.costs = costs
         self.costs_options = dict(costs_options or {})
+        self._timed_micro_batches = 1  # set when fit starts: the micro-batches measured costs also time
         self.plan_link = _as_link(plan_link)
         self.probe_bytes = probe_bytes
         self.probe_repeats = probe_repeats
@@ -339,6 +341,11 @@ class SplitStrategy(SingleDeviceStrategy):
     def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         batch = trace_batch(module, args, kwargs, self.leaf_modules)
         micro_batching = micro_batching_for(batch.traced, self.micro_batches_requested, self.micro_batch_statistics)
+        self._timed_micro_batches = (
+            min(micro_batching.micro_batches, PROFILED_MICRO_BATCHES)
+            if self.micro_batches_requested == "auto"
+            else micro_batching.micro_batches
+        )
         url = self.server_url
         if url is None:
             self._embedded = EmbeddedServer(ModelHost(_embedded_factory(module), _class_path(module)), token=self.token)
@@ -371,7 +378,9 @@ class SplitStrategy(SingleDeviceStrategy):
             profile_builder=self._cost_source(description, args, kwargs) if self.cut == "auto" else None,
             traced=batch,
             notes={"link": "given" if self.plan_link is not None else "measured"},
-            options=self.options.for_optimizers(self.optimizers),
+            options=self.options.for_optimizers(self.optimizers).for_micro_batches(
+                self.micro_batches_requested, micro_batching.micro_batches
+            ),
             objective=self.objective,
             energy=self.energy,
         )
@@ -417,9 +426,12 @@ class SplitStrategy(SingleDeviceStrategy):
         self, description: ModelDescription, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> ProfileBuilder:
         """The profile builder ``costs`` asks for (:func:`~lightning_split.costs.sources.cost_source`)."""
+        options = dict(self.costs_options)
+        if self.costs == "measure" and self._timed_micro_batches > 1:
+            options.setdefault("micro_batches", self._timed_micro_batches)  # what each micro-batch pays, timed
         return cost_source(
             self.costs,
-            self.costs_options,
+            options,
             remote=self._remote,
             model=description.model,
             init_args=description.init_args,

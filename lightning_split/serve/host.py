@@ -72,7 +72,9 @@ class ModelHost:
         ``torch.optim`` over copies of this server's parameters, is added to the parameter
         nodes; ``calibrate`` scales the nodes to whole forward+backward passes (see
         :func:`lightning_split.costs.measure.time_node_costs`). The reply's ``calibration``
-        says by how much, ``optimizer_node_s`` what each node got of the optimizer steps.
+        says by how much, ``optimizer_node_s`` what each node got of the optimizer steps; with
+        ``micro_batches`` > 1, ``forward_s`` and ``fixed_s`` give each node's forward share and
+        the part each of that many micro-batches pays whatever its size.
         """
         for description in request.optimizers:  # refuse a malformed or foreign optimizer before any timing
             resolve_optimizer(OptimizerSpec.from_json(description).class_name)
@@ -88,11 +90,14 @@ class ModelHost:
                 repeats=max(1, min(request.repeats, 50)),
                 calibrate=request.calibrate,
                 optimizers=request.optimizers,
+                micro_batches=request.micro_batches,
             )
         return messages.ProfileReply(
             node_s=timed.node_s,
             calibration=timed.details(),
             optimizer_node_s=timed.optimizer_node_s,
+            forward_s=timed.forward_s,
+            fixed_s=timed.fixed_s,
             device=str(self.device),
             hardware=self.hardware,
             measure_s=time.perf_counter() - started,

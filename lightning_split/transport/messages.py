@@ -97,6 +97,8 @@ SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 #: the autocast dtypes a forward may ask the server to run its part under (mixed precision).
 AUTOCAST_DTYPES = ("bfloat16", "float16")
+#: the most micro-batches a ``profile`` op may ask the server to time for (the strategy uses at most 16)
+MAX_PROFILE_MICRO_BATCHES = 64
 
 
 # -- replies --------------------------------------------------------------------------------
@@ -183,6 +185,8 @@ class ProfileReply(Reply):
     node_s: dict[str, float]
     calibration: dict[str, Any] = field(default_factory=dict)
     optimizer_node_s: dict[str, float] = field(default_factory=dict)
+    forward_s: dict[str, float] = field(default_factory=dict)  # forward shares (asked with micro_batches > 1)
+    fixed_s: dict[str, float] = field(default_factory=dict)  # what each micro-batch pays whatever its size
     device: str
     hardware: str
     measure_s: float
@@ -371,6 +375,11 @@ class Profile(_ModelFields, Op):
     repeats: int
     optimizers: list[dict[str, Any]] = field(default_factory=list)
     calibrate: bool = True
+    micro_batches: int = 1  # > 1: also the forward shares and the per-micro-batch fixed parts, for this M
+
+    def _check(self) -> None:
+        if not 1 <= self.micro_batches <= MAX_PROFILE_MICRO_BATCHES:
+            raise self._fail("micro_batches", f"must be 1 to {MAX_PROFILE_MICRO_BATCHES}, got {self.micro_batches}")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

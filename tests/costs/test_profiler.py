@@ -79,3 +79,33 @@ def test_profile_op_fields_optimizers_and_calibrate_are_optional() -> None:
         messages.Profile.from_wire({**base, "calibrate": 1})
     with pytest.raises(ProtocolError, match="'optimizers' must be list"):
         messages.Profile.from_wire({**base, "optimizers": {}})
+
+
+def test_micro_batch_costs_of_both_sides_come_back_from_the_cache(embedded: EmbeddedServer, tmp_path: Path) -> None:
+    """``Profiler(micro_batches=4)``: each side's forward shares and fixed parts, measured, then read back from
+    the cache as they were; entries for M=1 and M=4 are kept apart, and M=1 asks nothing more of the server."""
+    torch.manual_seed(0)
+    model, x = DagNet(), torch.randn(32, 1, 8, 8)
+    traced = trace(model, x)
+    fields = model_fields("tests.models:DagNet", {}, traced, (x,), {})
+    remote = RemoteServer(embedded.url)
+    pipelined = Profiler(ProfileCache(tmp_path), warmup=1, repeats=2, micro_batches=4)
+    plain = Profiler(ProfileCache(tmp_path), warmup=1, repeats=2)
+    try:
+        server = [pipelined.server_costs(remote, traced, fields) for _ in range(2)]
+        server_plain = plain.server_costs(remote, traced, fields)
+    finally:
+        remote.close()
+    device = [pipelined.device_costs(traced, (x,)) for _ in range(2)]
+    ops = {info.name for info in traced.nodes if info.op != "placeholder"}
+    for first, again in (server, device):
+        assert not first.cached and again.cached
+        assert ops <= set(first.fixed_s) and ops <= set(first.forward_s)
+        assert (again.fixed_s, again.forward_s, again.details) == (first.fixed_s, first.forward_s, first.details)
+        assert first.details["micro_batches"] == 4 and first.details["micro_samples"] == 8
+        assert "fixed_s" not in first.extras() and first.extras()[f"{first.side}_micro_samples"] == 8
+    assert not server_plain.cached and not server_plain.fixed_s and not server_plain.forward_s
+    with pytest.raises(ProtocolError, match="'micro_batches' must be 1 to 64"):
+        messages.Profile(**fields, warmup=1, repeats=1, micro_batches=0)
+    with pytest.raises(ValueError, match="micro_batches must be an integer >= 1"):
+        Profiler(micro_batches=0)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_split.costs.timing import measure_node_costs, time_node_costs
+from lightning_split.costs.timing import fixed_part, measure_node_costs, time_node_costs
 from lightning_split.transport.optimizers import describe_optimizers
 from tests.costs.common import ConvNet, param_bytes, trace
 from tests.models import DagNet
@@ -122,3 +122,33 @@ def test_measuring_runs_in_train_mode() -> None:
         handle.remove()
     assert seen[0] is True and seen[-1] is False
     assert not model.bn.training
+
+
+def test_the_fixed_part_is_the_line_through_both_sizes_at_zero_samples() -> None:
+    assert fixed_part(4.0, 1.0, 32, 8) == 0.0  # a quarter of the samples, a quarter of the time
+    assert fixed_part(4.0, 2.5, 32, 8) == pytest.approx(2.0)  # 2 s + 1/16 s per sample
+    assert fixed_part(4.0, 4.0, 32, 8) == 4.0  # the batch changes nothing: all of it is paid again
+    assert fixed_part(4.0, 0.5, 32, 8) == 0.0 and fixed_part(4.0, 5.0, 32, 8) == 4.0, "noise is clipped"
+    assert fixed_part(3.0, 2.0, 5, 3) == pytest.approx(0.5)  # uneven pieces: 0.5 + 0.5 per sample
+    with pytest.raises(ValueError, match="fewer micro-batch samples"):
+        fixed_part(1.0, 1.0, 4, 4)
+
+
+def test_micro_batch_timing_times_the_first_micro_batch_as_the_runtime_cuts_it() -> None:
+    """With M=3 on 10 samples the nodes also run on the runtime's first piece (4 samples); every node gets a
+    forward share and a fixed part within its cost. Without micro-batches nothing more is timed."""
+    torch.manual_seed(0)
+    model, x = DagNet(), torch.randn(10, 1, 8, 8)
+    traced = trace(model, x)
+    timed = time_node_costs(traced, (x,), {}, warmup=1, repeats=3, micro_batches=3)
+    assert timed.micro_batch is not None
+    assert (timed.micro_batch.samples, timed.micro_batch.micro_samples, timed.micro_batch.micro_batches) == (10, 4, 3)
+    assert timed.details()["micro_samples"] == 4 and timed.micro_batch.whole_s is not None
+    for info in traced.nodes:
+        if info.op == "placeholder":
+            assert info.name not in timed.forward_s or timed.forward_s[info.name] == 0.0
+            continue
+        assert 0.0 <= timed.fixed_s[info.name] <= timed.node_s[info.name], info.name
+        assert 0.0 < timed.forward_s[info.name] <= timed.node_s[info.name], info.name
+    plain = time_node_costs(traced, (x,), {}, warmup=1, repeats=2)
+    assert plain.micro_batch is None and not plain.fixed_s and not plain.forward_s, "M=1 times the batch only"

@@ -151,3 +151,33 @@ def test_micro_batches_and_a_codec_combine():
         traffic[codec] = strategy.last_traffic["split/bytes_up"]
     assert_same_parameters(local, exact)
     assert traffic["none"] / traffic["fp16"] > 1.8
+
+
+def test_measured_costs_time_each_micro_batch_and_auto_plans_for_the_pipelined_step():
+    """``cut="auto"`` with ``costs="measure"`` and ``micro_batches=4``: both sides also time each node's forward
+    and its cost on a quarter of the batch, the profile carries what every micro-batch pays again, the placement
+    is the T_4 optimum of that profile, and training equals local."""
+    from lightning_split.planning.pipelined import pipelined_step_time
+    from lightning_split.planning.pipelined_planner import plan_pipelined
+
+    torch.manual_seed(0)
+    local = PerSampleNet(optimizer="sgd", momentum=0.9)
+    split = copy.deepcopy(local)
+    torch.manual_seed(1)
+    trainer().fit(local, loader())
+    strategy = SplitStrategy(cut="auto", micro_batches=4, costs="measure", costs_options={"cache": False})
+    torch.manual_seed(1)
+    trainer(strategy).fit(split, loader())
+    placement = strategy.plan
+    profile = placement.profile
+    assert profile.extra["device_micro_batches"] == profile.extra["server_micro_batches"] == 4
+    assert profile.extra["device_micro_samples"] == profile.extra["server_micro_samples"] == 8
+    for node in profile.nodes:
+        if node.kind == "op":
+            assert None not in (node.device_fwd_s, node.server_fwd_s, node.device_fixed_s, node.server_fixed_s)
+            assert node.device_fixed_s <= node.device_s and node.server_fixed_s <= node.server_s
+    device = [name for name in profile.names if name not in set(placement.spec.server_nodes)]
+    predicted = pipelined_step_time(profile, device, 4).total
+    assert placement.plan.predicted_step_s == pytest.approx(predicted, rel=1e-9)
+    assert predicted == pytest.approx(plan_pipelined(profile, 4).predicted_step_s, rel=1e-9), "the T_4 optimum"
+    assert_same_parameters(local, split)
