@@ -188,7 +188,7 @@ class RemoteServer:
         """
         return self._in_flight.submit(list(ops))
 
-    def _exchange(self, data: Frame) -> bytes:
+    def _exchange(self, data: Frame | bytes) -> bytes:
         """One request, one reply, over the current socket (through the link emulator if any).
 
         The request goes out as the fragments of one message (its tensors' own memory). The
@@ -199,7 +199,7 @@ class RemoteServer:
         assert self._socket is not None
         if self.emulator is not None:
             self.emulator.before_send(len(data))
-        self._socket.send(data.message)
+        self._socket.send(data.message if isinstance(data, Frame) else data)
         try:
             reply = self._socket.recv(timeout=self.timeout)
             received = time.perf_counter()
