@@ -48,7 +48,7 @@ import json
 import math
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -86,8 +86,9 @@ _TABLE_KEY = "tensors"
 _DESCRIPTOR_KEYS = frozenset({"dtype", "shape", "offset", "nbytes"})
 _BIG_ENDIAN = sys.byteorder == "big"
 
-#: What :func:`decode` and :func:`describe` read: a frame as one bytes-like object, as its fragments, or a Frame.
-Message = Buffer | Sequence[Buffer] | Frame
+#: What :func:`decode` and :func:`describe` read: a frame as one bytes-like object, a list or tuple of its
+#: fragments, or a Frame.
+Message = Buffer | list[Buffer] | tuple[Buffer, ...] | Frame
 
 #: Wire name -> torch dtype: every dtype the format can carry (the allowlist).
 DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
@@ -319,8 +320,9 @@ class _Spec(NamedTuple):
 def decode(data: Message, limits: Limits = Limits()) -> dict[str, Any]:
     """Decode one frame into its payload, checking everything against ``limits`` first.
 
-    ``data`` is the frame as one bytes-like object, as a sequence of them (the fragments of a
-    websocket message, split anywhere) or as a :class:`~lightning_split.transport.fragments.Frame`.
+    ``data`` is the frame as one bytes-like object, as a list or tuple of them (the fragments of
+    a websocket message, split anywhere) or as a :class:`~lightning_split.transport.fragments.Frame`
+    (whose tensors a decoded view then shares: decoding in the process that encoded is for tests).
     The order of checks is what keeps hostile input cheap: the total size before anything
     is read, the prefix before the header is parsed, the tensor table and every reference
     before a single tensor is allocated. Tensor memory allocated is then at most the size of
