@@ -46,6 +46,7 @@ from lightning_split.serve.session import SESSION_OPS
 from lightning_split.serve.sessions import SessionRecord, SessionTable
 from lightning_split.serve.store import Point, StateStore
 from lightning_split.transport import messages, protocol, wire
+from lightning_split.transport.fragments import MAX_FRAGMENTS, Frame
 from lightning_split.transport.protocol import SessionError
 
 log = logging.getLogger("lightning_split.serve.app")
@@ -155,7 +156,7 @@ class SplitServer:
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(websocket.recv(), self.policy.idle_timeout)
+                    message = await asyncio.wait_for(receive(websocket), self.policy.idle_timeout)
                 except TimeoutError:
                     log.info("closing a connection idle for %g s (its session is kept)", self.policy.idle_timeout)
                     await websocket.close(1001, f"idle for {self.policy.idle_timeout:g} s; reconnect to resume")
@@ -166,13 +167,13 @@ class SplitServer:
                     await reply.wait()
                     hold = loop.time() - held < HOLD_S
                     reply = await loop.run_in_executor(self.executor, self._answer, connection, message, hold)
-                await websocket.send(reply)
+                await websocket.send(reply.message)
         except ConnectionClosed:
             pass
         finally:
             self.sessions.detach(connection.record, websocket)
 
-    def _answer(self, connection: _Connection, message: Any, hold: bool = True) -> bytes | Waiting:
+    def _answer(self, connection: _Connection, message: Any, hold: bool = True) -> Frame | Waiting:
         """The reply to one message of ``connection`` (on the compute thread); never raises.
 
         A ``fed_wait`` whose time has not come is not run but held (:class:`Waiting`) while ``hold``.
@@ -184,7 +185,7 @@ class SplitServer:
         except Exception as exc:  # a parser bug must not end the connection; report it like a protocol error
             log.error("undecodable message:\n%s", traceback.format_exc())
             return connection.protocol.error(None, "protocol", f"{type(exc).__name__}: {exc}")
-        if isinstance(request, bytes):
+        if isinstance(request, Frame):  # a retry: the reply already sent
             return request
         if hold and not self._federations_ready(request, connection):
             return self.federations.waiting()
@@ -326,6 +327,33 @@ class SplitServer:
             if task is not None and not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(task.cancel)
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def receive(websocket: ServerConnection) -> str | bytes | list[bytes]:
+    """The next message of ``websocket``: the fragments of a binary message as they came, or text.
+
+    Not ``recv()``, which joins the fragments of a message (one copy of every tensor the
+    device sent); :func:`~lightning_split.transport.wire.decode` reads them where they are.
+    Past :data:`~lightning_split.transport.fragments.MAX_FRAGMENTS` fragments (more than this
+    project's devices send) the rest are joined as they come, so a peer cannot make the list
+    grow without bound (``max_size`` bounds the bytes). Of a text message (a protocol error)
+    only the first fragment is kept.
+    """
+    parts: list[bytes] = []
+    overflow = bytearray()
+    text: str | None = None
+    async for fragment in websocket.recv_streaming():
+        if isinstance(fragment, str):
+            text = fragment if text is None else text
+        elif len(parts) < MAX_FRAGMENTS:
+            parts.append(fragment)
+        else:
+            overflow += fragment
+    if text is not None:
+        return text
+    if overflow:
+        parts.append(bytes(overflow))
+    return parts[0] if len(parts) == 1 else parts
 
 
 def bound_url(server: Server, secure: bool = False) -> str:

@@ -181,7 +181,8 @@ class ServerSession:
             while len(self.pending) > self.max_pending:
                 self.pending.popitem(last=False)
         self.compute_s += time.perf_counter() - started
-        return [_to_cpu(output) for output in outputs], rng_after
+        state = {t.untyped_storage().data_ptr() for t in self.state_refs.values() if t.device.type == "cpu"}
+        return [_to_cpu(output, _is_state(output, state)) for output in outputs], rng_after
 
     def _random_state(self, rng_state: torch.Tensor | None, rng_same: bool) -> torch.Tensor | None:
         if not rng_same:
@@ -273,12 +274,20 @@ class ServerSession:
 
     # -- state -----------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The suffix's parameters and buffers by the original module's state keys."""
-        return {key: _to_cpu(tensor.detach()) for key, tensor in self.state_refs.items()}
+    def state_dict(self, copy: bool = False) -> dict[str, torch.Tensor]:
+        """The suffix's parameters and buffers by the original module's state keys.
 
-    def optimizer_state(self, index: int) -> dict[str, dict[str, Any]]:
-        """Per-parameter optimizer state (momentum buffers, Adam moments, step) by state key."""
+        With ``copy`` the tensors are copies even on the CPU (a reply must not point into live
+        state: see :class:`~lightning_split.transport.protocol.Sequencer`); without, CPU
+        tensors are the live ones, detached (for a snapshot that is encoded at once).
+        """
+        return {key: _to_cpu(tensor.detach(), copy) for key, tensor in self.state_refs.items()}
+
+    def optimizer_state(self, index: int, copy: bool = False) -> dict[str, dict[str, Any]]:
+        """Per-parameter optimizer state (momentum buffers, Adam moments, step) by state key.
+
+        ``copy`` as in :meth:`state_dict`.
+        """
         mirror = self._optimizer(index)
         if mirror.optimizer is None:
             return {}
@@ -286,7 +295,7 @@ class ServerSession:
         for key in mirror.all_keys:
             state = mirror.optimizer.state.get(self.params[key])
             if state:
-                result[key] = {name: _to_cpu(value) for name, value in state.items()}
+                result[key] = {name: _to_cpu(value, copy) for name, value in state.items()}
         return result
 
     def load_optimizer_state(self, index: int, states: Mapping[str, Mapping[str, Any]]) -> None:
@@ -354,9 +363,9 @@ _HANDLERS: dict[type[messages.Op], Callable[[ServerSession, Any], messages.Reply
     messages.ScaleGrads: lambda session, op: session.scale_grads(op.optimizer, op.coefficient),
     messages.ClipGradValue: lambda session, op: session.clip_grad_value(op.optimizer, float(op.value)),
     messages.Step: lambda session, op: session.step(op.optimizer, op.hparams),
-    messages.StateDict: lambda session, op: messages.StateDictReply(state=session.state_dict()),
+    messages.StateDict: lambda session, op: messages.StateDictReply(state=session.state_dict(copy=True)),
     messages.OptimizerState: lambda session, op: messages.OptimizerStateReply(
-        state=session.optimizer_state(op.optimizer)
+        state=session.optimizer_state(op.optimizer, copy=True)
     ),
     messages.LoadOptimizerState: lambda session, op: session.load_optimizer_state(op.optimizer, op.state),
 }
@@ -407,7 +416,20 @@ def _check_value(value: Any, meta: Any, what: str, max_batch: int, autocast: str
         raise SessionError(f"{what}: expected a {meta.type_name}, got {_kind(value)}")
 
 
-def _to_cpu(value: Any) -> Any:
+def _to_cpu(value: Any, copy: bool = False) -> Any:
+    """``value`` detached on the CPU; a copy when it was elsewhere, or when ``copy``."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu() if value.device.type != "cpu" else value.detach()
+        if value.device.type != "cpu":
+            return value.detach().cpu()
+        return value.detach().clone() if copy else value.detach()
     return value
+
+
+def _is_state(value: Any, storages: set[int]) -> bool:
+    """Whether ``value`` is a CPU tensor in the memory of a parameter or buffer (``storages``: their addresses)."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.device.type == "cpu"
+        and value.untyped_storage().nbytes() > 0
+        and value.untyped_storage().data_ptr() in storages
+    )

@@ -30,6 +30,7 @@ from lightning_split.planning.profile import Link
 from lightning_split.transport import messages, protocol, wire
 from lightning_split.transport.emulator import LinkEmulator
 from lightning_split.transport.errors import ConnectionFailed
+from lightning_split.transport.fragments import Frame
 from lightning_split.transport.inflight import InFlight, Reply
 
 __all__ = ["TOKEN_ENV", "ConnectionFailed", "LinkEmulator", "RemoteServer", "Reply", "Traffic"]
@@ -173,7 +174,7 @@ class RemoteServer:
             for op, result in zip(sent.ops[sent.deferred :], results):
                 if isinstance(result, messages.HelloReply):
                     self.session_id = result.session
-                    self.protocol.keep_log = result.persistent
+                    self.protocol.keep(result.persistent)
                 elif isinstance(op, messages.Close):
                     self.session_id = None
             return results
@@ -187,12 +188,18 @@ class RemoteServer:
         """
         return self._in_flight.submit(list(ops))
 
-    def _exchange(self, data: bytes) -> bytes:
-        """One request, one reply, over the current socket (through the link emulator if any)."""
+    def _exchange(self, data: Frame | bytes) -> bytes:
+        """One request, one reply, over the current socket (through the link emulator if any).
+
+        The request goes out as the fragments of one message (its tensors' own memory). The
+        reply is read whole: websockets' synchronous client copies each received frame once
+        whether it joins them (``recv``) or not (``recv_streaming``, which has no timeout), and
+        :func:`~lightning_split.transport.wire.decode` then views the large tensors in it.
+        """
         assert self._socket is not None
         if self.emulator is not None:
             self.emulator.before_send(len(data))
-        self._socket.send(data)
+        self._socket.send(data.message if isinstance(data, Frame) else data)
         try:
             reply = self._socket.recv(timeout=self.timeout)
             received = time.perf_counter()

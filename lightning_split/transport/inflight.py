@@ -144,7 +144,7 @@ class InFlight:
                 socket = self.remote._socket
                 if socket is None:
                     raise ConnectionError("the connection was closed")
-                socket.send(reply.sent.data)
+                socket.send(reply.sent.data.message)
             except (ConnectionClosed, OSError) as exc:
                 self._fail_all(exc)
             finally:

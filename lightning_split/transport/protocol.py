@@ -16,6 +16,12 @@ the server skips the ops it had already applied (their results are ``None``, and
 says how many under ``"skipped"``). Requests made only of *unordered* ops (``ping``,
 ``profile``, ``resume``) are answered outside the sequence.
 
+Messages are :class:`~lightning_split.transport.fragments.Frame` objects: the frame's bytes as
+fragments that point into the tensors they carry (no copy of tensor bytes before the socket).
+A frame kept past its exchange must not see its tensors change; the rule for the two frames
+this module keeps is stated at :class:`Sequencer` (the server's last reply) and
+:class:`DeviceProtocol` (the device's requests).
+
 Each op and each result is a typed message of :mod:`lightning_split.transport.messages`,
 checked on both sides. This module holds no sockets: :class:`ServerProtocol` and
 :class:`DeviceProtocol` turn bytes into checked messages and back, so the rules can be
@@ -24,6 +30,7 @@ tested without a network (the style of the ``websockets`` and ``h11`` libraries)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +38,7 @@ from typing import Any
 from lightning_split.transport import coding, wire
 from lightning_split.transport.codecs import CODECS, Codec
 from lightning_split.transport.errors import ProtocolError, RemoteError, SessionError
+from lightning_split.transport.fragments import Frame
 from lightning_split.transport.messages import OPS, Hello, Op, Reply, Resume, op_from_wire
 
 __all__ = [
@@ -46,6 +54,9 @@ __all__ = [
     "encode_error",
     "encode_reply",
     "encode_request",
+    "error_frame",
+    "reply_frame",
+    "request_frame",
 ]
 
 VERSION = 1
@@ -65,7 +76,7 @@ class Request:
         return not all(op.unordered for op in self.ops)
 
 
-def _decode(data: bytes | str, limits: wire.Limits, what: str) -> dict[str, Any]:
+def _decode(data: wire.Message | str, limits: wire.Limits, what: str) -> dict[str, Any]:
     """Decode one binary frame; text frames and undecodable bytes are protocol errors."""
     if isinstance(data, str):
         raise ProtocolError(f"text {what} received; the protocol uses binary messages only")
@@ -75,20 +86,25 @@ def _decode(data: bytes | str, limits: wire.Limits, what: str) -> dict[str, Any]
         raise ProtocolError(f"undecodable {what}: {exc}") from exc
 
 
-def encode_request(seq: int, ops: Sequence[Op], codec: Codec = CODECS["none"], clock: Any = None) -> bytes:
+def request_frame(seq: int, ops: Sequence[Op], codec: Codec = CODECS["none"], clock: Any = None) -> Frame:
     """A request of ``ops``; the tensors that cross the cut are written with ``codec``."""
     wired = [coding.pack(op.to_wire(), coding.coded_field(type(op)), codec, clock) for op in ops]
-    return wire.encode({"v": VERSION, "seq": seq, "ops": wired})
+    return wire.encode_fragments({"v": VERSION, "seq": seq, "ops": wired})
 
 
-def encode_reply(
+def encode_request(seq: int, ops: Sequence[Op], codec: Codec = CODECS["none"], clock: Any = None) -> bytes:
+    """:func:`request_frame` as one bytes object."""
+    return bytes(request_frame(seq, ops, codec, clock))
+
+
+def reply_frame(
     seq: int,
     results: Sequence[Reply | None],
     durable: int | None = None,
     skipped: int = 0,
     codec: Codec = CODECS["none"],
     clock: Any = None,
-) -> bytes:
+) -> Frame:
     """A reply: the result of every op of request ``seq`` (``None`` for ops without one), coded with ``codec``.
 
     ``skipped`` ops at the start were applied before a restore and have ``None`` results; the
@@ -103,15 +119,33 @@ def encode_reply(
         payload["durable"] = durable
     if skipped:
         payload["skipped"] = skipped
-    return wire.encode(payload)
+    return wire.encode_fragments(payload)
+
+
+def encode_reply(
+    seq: int,
+    results: Sequence[Reply | None],
+    durable: int | None = None,
+    skipped: int = 0,
+    codec: Codec = CODECS["none"],
+    clock: Any = None,
+) -> bytes:
+    """:func:`reply_frame` as one bytes object."""
+    return bytes(reply_frame(seq, results, durable, skipped, codec, clock))
 
 
 def _wire_result(result: Reply | None, codec: Codec, clock: Any) -> Any:
     return None if result is None else coding.pack(result.to_wire(), coding.coded_field(type(result)), codec, clock)
 
 
+def error_frame(seq: int | None, kind: str, message: str) -> Frame:
+    """An error reply to request ``seq`` (``None``: a message that was no request)."""
+    return wire.encode_fragments({"v": VERSION, "seq": seq, "error": {"kind": kind, "message": message}})
+
+
 def encode_error(seq: int | None, kind: str, message: str) -> bytes:
-    return wire.encode({"v": VERSION, "seq": seq, "error": {"kind": kind, "message": message}})
+    """:func:`error_frame` as one bytes object."""
+    return bytes(error_frame(seq, kind, message))
 
 
 def _where(index: int, op: Any) -> str:
@@ -127,17 +161,27 @@ class Sequencer:
     Attributes:
         last_seq: the last request answered (or, after a restore, the durable one).
         last_reply: its reply, sent again if the device retries it (``None`` after a restore).
+            It is kept as the frame that was sent, pointing into the tensors of the reply:
+            a retry may come after other ops ran (the device's next connection; other
+            sessions' ops on a shared server part), so **every tensor a reply carries must be
+            made for that reply and written by nothing afterwards**. The server's handlers
+            keep to it: forward outputs, cut gradients, norms and random states are computed
+            by the op; ops that report live state (``state_dict``, ``optimizer_state``, a
+            forward output that is a parameter or buffer) send copies
+            (:mod:`lightning_split.serve.session`); federation parts are replaced, never
+            written in place. So a retry gets the bytes of the first answer. It is never
+            persisted (a restored session has none).
         applied_ops: after a restore, how many ops of request ``last_seq`` were applied
             before the state was persisted; a replay of that request skips them.
         durable: the last request whose effects (up to some op) are persisted, if any.
     """
 
     last_seq: int | None = None
-    last_reply: bytes | None = None
+    last_reply: Frame | None = None
     applied_ops: int | None = None
     durable: int | None = None
 
-    def admit(self, request: Request) -> Request | bytes:
+    def admit(self, request: Request) -> Request | Frame:
         """Decide what to do with an ordered request: run it (perhaps partly) or answer from the cache.
 
         Raises:
@@ -152,7 +196,7 @@ class Sequencer:
             raise ProtocolError(f"request {request.seq} out of order: the last request was {self.last_seq}")
         return request
 
-    def answered(self, request: Request, reply: bytes) -> None:
+    def answered(self, request: Request, reply: Frame) -> None:
         self.last_seq, self.last_reply, self.applied_ops = request.seq, reply, None
 
 
@@ -173,7 +217,7 @@ class ServerProtocol:
     codec: Codec = field(default_factory=lambda: CODECS["none"])  # the attached session's (negotiated in hello)
     clock: coding.CodecClock = field(default_factory=coding.CodecClock)
 
-    def receive(self, data: bytes | str) -> Request | bytes:
+    def receive(self, data: wire.Message | str) -> Request | Frame:
         """Parse one message. Returns a :class:`Request` to run, or the cached reply of a retry.
 
         Raises:
@@ -210,18 +254,18 @@ class ServerProtocol:
         """Continue the sequence of a session (after ``hello`` or ``resume``) with its codec."""
         self.sequencer, self.attached, self.codec = sequencer, True, CODECS[codec]
 
-    def reply(self, request: Request, results: Sequence[Reply | None]) -> bytes:
-        """Encode the results of a request that ran, and remember them for a retry."""
+    def reply(self, request: Request, results: Sequence[Reply | None]) -> Frame:
+        """Encode the results of a request that ran, and remember them for a retry (see :class:`Sequencer`)."""
         if not request.ordered:
-            return encode_reply(request.seq, results)
-        data = encode_reply(request.seq, results, self.sequencer.durable, request.skip, self.codec, self.clock)
+            return reply_frame(request.seq, results)
+        data = reply_frame(request.seq, results, self.sequencer.durable, request.skip, self.codec, self.clock)
         self.sequencer.answered(request, data)
         return data
 
-    def error(self, request: Request | None, kind: str, message: str) -> bytes:
+    def error(self, request: Request | None, kind: str, message: str) -> Frame:
         """Encode an error reply; a request that failed counts as answered (its retry gets the same error)."""
         seq = request.seq if request is not None else None
-        data = encode_error(seq, kind, message)
+        data = error_frame(seq, kind, message)
         if request is not None and request.ordered and self.attached:
             self.sequencer.answered(request, data)
         return data
@@ -229,10 +273,10 @@ class ServerProtocol:
 
 @dataclass(frozen=True)
 class Sent:
-    """A request as the device sent it: its number, its bytes, and its ops, the deferred ones first."""
+    """A request as the device sent it: its number, its frame, and its ops, the deferred ones first."""
 
     seq: int
-    data: bytes
+    data: Frame
     ops: tuple[Op, ...]
     deferred: int = 0
 
@@ -248,6 +292,14 @@ class DeviceProtocol:
 
     The replay log keeps each ordered request until the server reports it durable, so after
     a server restart the device can send again what was lost.
+
+    A request's frame points into the tensors of its ops (cut values, gradients, states):
+    the caller must not write them until the request's reply was read, since a request may be
+    sent again until then (after a dropped connection). A call blocks its caller meanwhile,
+    and a submitted micro-batch's tensors belong to its step, which reads the reply before
+    it goes on. With ``keep_log`` a request may be sent again later, after steps that did
+    write them (a replay after the server restored): those requests are materialised when
+    they are encoded (one copy each, as every request cost before fragments).
     """
 
     limits: wire.Limits = field(default_factory=wire.Limits)
@@ -257,6 +309,12 @@ class DeviceProtocol:
     keep_log: bool = False
     codec: Codec = field(default_factory=lambda: CODECS["none"])  # set by the hello this side sends
     clock: coding.CodecClock = field(default_factory=coding.CodecClock)
+
+    def keep(self, persistent: bool) -> None:
+        """Keep the replay log (the server persists the session) or not; the requests logged so far are materialised."""
+        self.keep_log = persistent
+        if persistent:
+            self.log = [dataclasses.replace(sent, data=sent.data.materialize()) for sent in self.log]
 
     def defer(self, op: Op) -> None:
         """Queue an op that needs no answer; it goes out with the next request."""
@@ -274,10 +332,11 @@ class DeviceProtocol:
             raise ProtocolError("a request needs at least one op")
         if all(op.unordered for op in ops):
             seq = max(self.seq, 0)
-            return Sent(seq, encode_request(seq, ops), tuple(ops))
+            return Sent(seq, request_frame(seq, ops), tuple(ops))
         self.seq += 1
         every = (*self.deferred, *ops)
-        sent = Sent(self.seq, encode_request(self.seq, every, self.codec, self.clock), every, len(self.deferred))
+        frame = request_frame(self.seq, every, self.codec, self.clock)
+        sent = Sent(self.seq, frame.materialize() if self.keep_log else frame, every, len(self.deferred))
         for op in every:
             if isinstance(op, Hello):
                 self.codec = CODECS[op.codec]  # the session's tensors use it from the next request on
@@ -306,7 +365,7 @@ class DeviceProtocol:
             raise ProtocolError(f"cannot replay from request {seq}: the device kept requests from {oldest} on")
         return [sent for sent in self.log if sent.seq >= seq]
 
-    def receive(self, data: bytes | str, sent: Sent) -> list[Reply | None]:
+    def receive(self, data: wire.Message | str, sent: Sent) -> list[Reply | None]:
         """Decode and check the reply to ``sent``; return the results of its non-deferred ops.
 
         Raises:

@@ -34,11 +34,15 @@ strings and tensors round-trips; tuple subclasses (``torch.Size``, named tuples)
 plain tuples, and a mapping arrives as a dict. Nesting depth counts JSON levels: the header
 object is level 1, and every object or array inside a level-``d`` container is level
 ``d + 1`` (markers included).
+
+The format is this byte stream, however it is held in memory: :func:`encode_fragments`
+gives the same bytes as :func:`encode` as several buffers (each large tensor's own memory,
+no copy; see :mod:`~lightning_split.transport.fragments`), sent as the fragments of one
+websocket message, and :func:`decode` reads a frame split into fragments anywhere.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import math
@@ -51,17 +55,23 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lightning_split.transport.fragments import SHARED_BYTES, Buffer, FragmentError, Fragments, Frame, assemble, share
+from lightning_split.transport.fragments import memory_of as _memory
+
 __all__ = [
     "ALIGNMENT",
     "DTYPES",
     "DTYPE_NAMES",
     "MAGIC",
+    "Frame",
     "Limits",
+    "Message",
     "WireError",
     "decode",
     "describe",
     "dtype_name",
     "encode",
+    "encode_fragments",
     "tensor_spec",
 ]
 
@@ -75,6 +85,10 @@ _TUPLE_KEY = "$tuple"
 _TABLE_KEY = "tensors"
 _DESCRIPTOR_KEYS = frozenset({"dtype", "shape", "offset", "nbytes"})
 _BIG_ENDIAN = sys.byteorder == "big"
+
+#: What :func:`decode` and :func:`describe` read: a frame as one bytes-like object, a list or tuple of its
+#: fragments, or a Frame.
+Message = Buffer | list[Buffer] | tuple[Buffer, ...] | Frame
 
 #: Wire name -> torch dtype: every dtype the format can carry (the allowlist).
 DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
@@ -150,7 +164,7 @@ def encode(payload: Mapping[str, Any]) -> bytes:
 
     Tensors may live on any device and have any strides; they are detached and copied to
     contiguous CPU memory only when they are not already. Each tensor's bytes are copied
-    exactly once, into the returned frame.
+    exactly once, into the returned frame (:func:`encode_fragments` does not copy them).
 
     Raises:
         TypeError: something in the payload cannot be sent; the message gives its path,
@@ -159,6 +173,35 @@ def encode(payload: Mapping[str, Any]) -> bytes:
             the top level (reserved by the format), cycles, and tensors whose dtype, layout
             or device has no bytes to send.
     """
+    head, table, flats = _layout(payload)  # flats keeps every tensor alive until the join: the views do not
+    parts: list[bytes | memoryview] = [head]
+    position = 0
+    for entry, flat in zip(table, flats):
+        if entry["offset"] > position:
+            parts.append(bytes(entry["offset"] - position))
+        if entry["nbytes"]:
+            parts.append(_memory(flat))
+        position = entry["offset"] + entry["nbytes"]
+    return b"".join(parts)  # the one copy of the tensor bytes; CPython releases the GIL for big joins
+
+
+def encode_fragments(payload: Mapping[str, Any]) -> Frame:
+    """:func:`encode` without the join: the same bytes, as a :class:`~lightning_split.transport.fragments.Frame`.
+
+    Each tensor of at least :data:`~lightning_split.transport.fragments.SHARED_BYTES` is a
+    fragment of its own that points into the tensor's memory (a CPU tensor that is already
+    contiguous is not copied at all); the prefix, the header, padding and small tensors are
+    joined into the fragments between. The frame's bytes are its tensors' bytes *when it is
+    sent*: the caller must not change them before, or keep :meth:`Frame.materialize`.
+
+    Raises:
+        TypeError: as :func:`encode`.
+    """
+    return assemble(*_layout(payload))
+
+
+def _layout(payload: Mapping[str, Any]) -> tuple[bytes, list[dict[str, Any]], list[torch.Tensor]]:
+    """The prefix and header of ``payload``'s frame, its tensor table, and each tensor's wire bytes (flat uint8)."""
     if not isinstance(payload, Mapping):
         raise TypeError(f"payload: must be a mapping with string keys, got {type(payload).__name__}")
     if _TABLE_KEY in payload:
@@ -168,7 +211,7 @@ def encode(payload: Mapping[str, Any]) -> bytes:
     header = encoder.mapping(payload, ["payload"], 1)
 
     table: list[dict[str, Any]] = []
-    flats: list[torch.Tensor] = []  # keeps every tensor alive until the join: the views below do not own them
+    flats: list[torch.Tensor] = []
     offset = 0
     for t in encoder.tensors:
         flat = _wire_bytes(t)
@@ -182,16 +225,7 @@ def encode(payload: Mapping[str, Any]) -> bytes:
     text += b" " * (-len(text) % ALIGNMENT)
     if len(text) > _MAX_HEADER_FIELD:
         raise TypeError(f"payload: the header is {len(text)} bytes; the frame's length field holds at most 2**32 - 1")
-
-    parts: list[bytes | memoryview] = [_PREFIX.pack(MAGIC, len(text)), text]
-    position = 0
-    for entry, flat in zip(table, flats):
-        if entry["offset"] > position:
-            parts.append(bytes(entry["offset"] - position))
-        if entry["nbytes"]:
-            parts.append(_memory(flat))
-        position = entry["offset"] + entry["nbytes"]
-    return b"".join(parts)  # the one copy of the tensor bytes; CPython releases the GIL for big joins
+    return _PREFIX.pack(MAGIC, len(text)) + text, table, flats
 
 
 def _align(offset: int) -> int:
@@ -207,16 +241,6 @@ def _wire_bytes(t: torch.Tensor) -> torch.Tensor:
     if _BIG_ENDIAN and t.element_size() > 1:
         raw = raw.view(-1, t.element_size()).flip(-1).reshape(-1)
     return raw
-
-
-def _memory(flat: torch.Tensor) -> memoryview:
-    """The bytes of a flat contiguous CPU tensor as a writable memoryview; the tensor must outlive it.
-
-    Not ``Tensor.numpy()``: that would mark the tensor's storage (the caller's, on encode)
-    as non-resizable for good.
-    """
-    nbytes = flat.numel() * flat.element_size()
-    return memoryview((ctypes.c_char * nbytes).from_address(flat.data_ptr())).cast("B")
 
 
 class _Encoder:
@@ -293,29 +317,38 @@ class _Spec(NamedTuple):
     nbytes: int
 
 
-def decode(data: bytes | bytearray | memoryview, limits: Limits = Limits()) -> dict[str, Any]:
+def decode(data: Message, limits: Limits = Limits()) -> dict[str, Any]:
     """Decode one frame into its payload, checking everything against ``limits`` first.
 
+    ``data`` is the frame as one bytes-like object, as a list or tuple of them (the fragments of
+    a websocket message, split anywhere) or as a :class:`~lightning_split.transport.fragments.Frame`
+    (whose tensors a decoded view then shares: decoding in the process that encoded is for tests).
     The order of checks is what keeps hostile input cheap: the total size before anything
     is read, the prefix before the header is parsed, the tensor table and every reference
     before a single tensor is allocated. Tensor memory allocated is then at most the size of
     the data section, because the checked byte ranges do not overlap.
 
     Returns:
-        The payload: the header without its tensor table, markers replaced by fresh,
-        writable, contiguous CPU tensors (owning their memory, independent of ``data``) and
-        tuples.
+        The payload: the header without its tensor table, markers replaced by contiguous
+        CPU tensors, and tuples. A tensor of at least
+        :data:`~lightning_split.transport.fragments.SHARED_BYTES` whose bytes lie inside one
+        fragment, aligned for its dtype, is a view of that fragment (it keeps the fragment
+        alive, and writing into it writes into ``data``: the transport holds received
+        messages nowhere else); every other tensor is fresh memory, independent of ``data``.
 
     Raises:
         WireError: the frame is malformed or over a limit; the message names the field.
     """
-    view = _byte_view(data)
-    size = view.nbytes
+    try:
+        stream = Fragments.of(data)
+    except FragmentError as exc:
+        raise WireError(str(exc)) from None
+    size = stream.nbytes
     if size > limits.max_message_bytes:
         raise WireError(f"message of {size} bytes exceeds max_message_bytes={limits.max_message_bytes}")
     if size < _PREFIX.size:
         raise WireError(f"truncated frame: {size} bytes, shorter than the {_PREFIX.size}-byte prefix")
-    magic, header_len = _PREFIX.unpack_from(view)
+    magic, header_len = _PREFIX.unpack_from(stream.read(0, _PREFIX.size))
     if magic != MAGIC:
         raise WireError(f"bad magic {magic!r}: not a lightning-split wire frame (expected {MAGIC!r})")
     if header_len > limits.max_header_bytes:
@@ -324,25 +357,15 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = Limits()) -> d
     if data_start > size:
         raise WireError(f"header length {header_len} runs past the end of the frame ({size} bytes in all)")
 
-    header = _parse_header(view[_PREFIX.size : data_start], limits)
+    header = _parse_header(stream.read(_PREFIX.size, data_start), limits)
     specs = _check_table(header.pop(_TABLE_KEY), size - data_start, limits)
     _check_payload(header, len(specs), limits)
 
-    tensors = [_read_tensor(view, data_start, spec) for spec in specs]
+    tensors = [_read_tensor(stream, data_start, spec) for spec in specs]
     return {key: _build(value, tensors) for key, value in header.items()}
 
 
-def _byte_view(data: object) -> memoryview:
-    if isinstance(data, str):
-        raise WireError("expected a binary message (bytes), got text (str)")
-    try:
-        view = memoryview(data)  # type: ignore[arg-type]
-        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-    except TypeError as exc:
-        raise WireError(f"expected a contiguous bytes-like message, got {type(data).__name__}: {exc}") from None
-
-
-def _parse_header(raw: memoryview, limits: Limits) -> dict[str, Any]:
+def _parse_header(raw: memoryview | bytes, limits: Limits) -> dict[str, Any]:
     try:
         text = str(raw, "utf-8")
     except UnicodeDecodeError as exc:
@@ -471,11 +494,18 @@ def _check_payload(header: dict[str, Any], count: int, limits: Limits) -> None:
         raise WireError(f"tensor {referenced.index(0)}: described in the table but never referenced")
 
 
-def _read_tensor(view: memoryview, data_start: int, spec: _Spec) -> torch.Tensor:
+def _read_tensor(stream: Fragments, data_start: int, spec: _Spec) -> torch.Tensor:
+    """Tensor ``spec`` of a checked frame: a view of its fragment when it may be one, else a copy."""
+    start = data_start + spec.offset
+    if spec.nbytes >= SHARED_BYTES and not _BIG_ENDIAN:
+        found = stream.locate(start, spec.nbytes)
+        if found is not None:
+            shared = share(found[0], found[1], spec.dtype, spec.shape, spec.nbytes)
+            if shared is not None:
+                return shared
     out = _new_tensor(spec.shape, spec.dtype)
     if spec.nbytes:
-        start = data_start + spec.offset
-        _memory(out.view(-1))[:] = view[start : start + spec.nbytes]  # memoryview checks both sizes match
+        stream.copy_into(_memory(out.view(-1)), start)
         if _BIG_ENDIAN and out.element_size() > 1:
             raw = out.view(-1).view(torch.uint8)
             raw.copy_(raw.view(-1, out.element_size()).flip(-1).reshape(-1))
@@ -483,7 +513,7 @@ def _read_tensor(view: memoryview, data_start: int, spec: _Spec) -> torch.Tensor
 
 
 def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """The one place decode allocates tensor memory (a seam for the allocation tests)."""
+    """The one place decode allocates tensor memory (a seam for the allocation tests); views allocate none."""
     return torch.empty(shape, dtype=dtype)
 
 
@@ -533,17 +563,18 @@ def _describe(data: object) -> str:
     if isinstance(data, str):
         return f"text message of {len(data)} characters (not a frame)"
     try:
-        view = memoryview(data).cast("B")  # type: ignore[arg-type]
-    except TypeError:
+        stream = Fragments.of(data)
+    except FragmentError:
         return f"{type(data).__name__} (not a frame)"
-    size = view.nbytes
-    if size < _PREFIX.size or bytes(view[:4]) != MAGIC:
-        return f"not a lightning-split frame: {_size(size)} starting {bytes(view[:8])!r}"
-    (header_len,) = struct.unpack_from("<I", view, 4)
+    size = stream.nbytes
+    start = bytes(stream.read(0, min(size, 8)))
+    if size < _PREFIX.size or start[:4] != MAGIC:
+        return f"not a lightning-split frame: {_size(size)} starting {start!r}"
+    (header_len,) = struct.unpack_from("<I", start, 4)
     if _PREFIX.size + header_len > size or header_len > Limits.max_header_bytes:
         return f"frame of {_size(size)} with a bad header length {header_len}"
     try:
-        header = json.loads(str(view[_PREFIX.size : _PREFIX.size + header_len], "utf-8"))
+        header = json.loads(str(stream.read(_PREFIX.size, _PREFIX.size + header_len), "utf-8"))
     except (ValueError, RecursionError) as exc:
         return f"frame of {_size(size)} with an unreadable header ({type(exc).__name__})"
     if not isinstance(header, dict):

@@ -136,3 +136,35 @@ def test_the_server_has_a_handler_for_every_op():
         assert set(server.handlers) == set(messages.OPS.values())
     finally:
         server.close()
+
+
+class _ReturnsState(torch.nn.Module):
+    """A server program whose outputs are a parameter and a computed tensor (a suffix may return its state)."""
+
+    def __init__(self, param: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.param = param
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.param, inputs[0] * 2
+
+
+def test_replies_never_point_into_live_state():
+    """A reply is kept for a retry as the frame that points into its tensors: state must come as copies."""
+    torch.manual_seed(0)
+    model = DagNet()
+    images, _ = digits(8).tensors
+    session, plan, program, _ = _split(model, images)
+    cut = [value.detach() for value in program(*plan.traced.graph_args(images))[: len(plan.spec.cut)]]
+    param = session.params["head.weight"]
+
+    state = session.handle(messages.StateDict()).state
+    assert torch.equal(state["head.weight"], param)
+    assert state["head.weight"].untyped_storage().data_ptr() != param.untyped_storage().data_ptr()
+
+    session.program = _ReturnsState(param)
+    forward = messages.Forward(id=1, values=cut, requires_grad=[False] * len(cut), training=False, grad=False, rng=None)
+    returned, computed = session.handle(forward).outputs
+    assert torch.equal(returned, param)
+    assert returned.untyped_storage().data_ptr() != param.untyped_storage().data_ptr()  # a copy of the parameter
+    assert torch.equal(computed, cut[0] * 2)
