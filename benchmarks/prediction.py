@@ -705,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
         help="M > 1 runs: the M=1 run's cut (m1, skipped when it is device only) or their own plan for T_M (auto)",
     )
     parser.add_argument(
+        "--pipelined-also",
+        metavar="CUT",
+        help="with --pipelined-cut auto: also run each M > 1 cut at CUT (node names, comma-separated), "
+        "predicted from the auto run's profile (which holds the costs each micro-batch pays)",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="the device on CPU 0, the server on CPU 1: a pipelined step overlaps them instead of sharing cores",
@@ -839,14 +845,20 @@ def main(argv: list[str] | None = None) -> int:
                     cut = list(by_bandwidth[bandwidth]["chosen"]["cut"])
                     run = fit(model_cls, strategy(bandwidth, cut, m), setup.steps, setup.warmup)
                     profile = profiles[bandwidth]
-                row = pipelined_record(m, bandwidth, run, by_bandwidth[bandwidth], profile)
-                pipelined_rows.append(row)
-                print(
-                    f"  M={m:<9} {bandwidth:<10} predicted {row['predicted_step_s'] * 1e3:8.1f} ms, measured "
-                    f"{run.median_s * 1e3:8.1f} ms ({row['error'] * 100:+.1f}%), "
-                    f"{row['measured_ratio_to_m1']:.2f}x M=1",
-                    flush=True,
-                )
+                runs_m = [(run, profile)]
+                if args.pipelined_also and args.pipelined_cut == "auto":  # the same M on a split, priced alike
+                    forced = fit(model_cls, strategy(bandwidth, args.pipelined_also.split(","), m), setup.steps,
+                                 setup.warmup)  # fmt: skip
+                    runs_m.append((forced, profile))
+                for timed, priced in runs_m:
+                    row = pipelined_record(m, bandwidth, timed, by_bandwidth[bandwidth], priced)
+                    pipelined_rows.append(row)
+                    print(
+                        f"  M={m:<9} {bandwidth:<10} {_short(row['label'], 20):<20} predicted "
+                        f"{row['predicted_step_s'] * 1e3:8.1f} ms, measured {timed.median_s * 1e3:8.1f} ms "
+                        f"({row['error'] * 100:+.1f}%), {row['measured_ratio_to_m1']:.2f}x M=1",
+                        flush=True,
+                    )
     finally:
         server.stop()
         shutil.rmtree(cache_dir, ignore_errors=True)
