@@ -48,6 +48,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from lightning_split.costs.replay import NodeStep, OptimizerStep, WholePass, captured_values, nbytes
+from lightning_split.graph.batches import split_batch
 from lightning_split.graph.capture import TracedModel
 from lightning_split.graph.nodes import COST_OPS
 from lightning_split.graph.programs import used_state
@@ -268,21 +269,16 @@ def _timed_pass(
 
 
 def _first_micro_batch(inputs: Sequence[Any], micro_batches: int) -> tuple[list[Any], int, int] | None:
-    """The first of ``micro_batches`` micro-batches of the graph's inputs, the batch's samples and its own.
+    """The first of ``micro_batches`` micro-batches of the graph's inputs, the batch's samples and the piece's.
 
-    As the runtime cuts a batch (:func:`lightning_split.runtime.microbatch.split_batch`): the batch size is
-    the first dimension of the first tensor, every tensor with that first dimension is cut with
-    ``torch.tensor_split``. ``None`` when there is nothing to cut (no batch of two or more samples).
+    Cut by :func:`~lightning_split.graph.batches.split_batch`, as the runtime cuts them; ``None``
+    when there is nothing to cut (no batch of two or more samples).
     """
-    batch = next((v.shape[0] for v in inputs if isinstance(v, torch.Tensor) and v.dim() > 0), None)
-    if batch is None or batch < 2:
+    pieces = split_batch(inputs, micro_batches)
+    if len(pieces) < 2:
         return None
-    pieces = min(micro_batches, batch)
-    first = [
-        torch.tensor_split(v, pieces)[0] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch else v
-        for v in inputs
-    ]
-    return first, int(batch), -(-int(batch) // pieces)  # tensor_split's first piece has the extra sample
+    index = next(i for i, v in enumerate(inputs) if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return list(pieces[0]), int(inputs[index].shape[0]), int(pieces[0][index].shape[0])
 
 
 def _time_nodes(

@@ -266,8 +266,8 @@ class Objective:
         """``T_M`` given the device and server shares and the crossing and returned bytes.
 
         ``server_used=False`` means every node is on the device (the sums are then ignored: the
-        batch runs whole). This is :func:`pipe_m` of both phases written out, since the optimisers call it for
-        every placement they evaluate.
+        batch runs whole). This is :func:`pipe_m` of both phases written out, since the
+        optimisers call it for every placement they evaluate.
         """
         if not server_used:
             return self.alone[0] + self.alone[1]
@@ -290,9 +290,10 @@ class Objective:
         """A lower bound of ``T_M`` over the placements whose sums are at least these.
 
         ``T_M`` grows with every sum, so :meth:`total` bounds the placements that must use the
-        server (``server_required``). Where the server part may be empty, all on the device costs ``alone`` (the batch
-        is not cut), and a split costs at least its device shares (each phase's pipeline lasts at
-        least its slowest stage times ``1 - 1/M`` plus the stages' sum over ``M``).
+        server (``server_required``). Where the server part may be empty, all on the device
+        costs ``alone`` (the batch is not cut), and a split costs at least its device shares
+        (each phase's pipeline lasts at least its slowest stage times ``1 - 1/M`` plus the
+        stages' sum over ``M``).
         """
         if server_required:
             return self.total(device_fwd, device_bwd, server_fwd, server_bwd, crossed, returned, True)

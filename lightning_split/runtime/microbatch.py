@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from lightning_split.graph import metadata
+from lightning_split.graph.batches import split_batch
 from lightning_split.graph.persample import Coupling, analyse_traced, mode_dependent_active
 from lightning_split.planning.pipelined import pipelined_step_time
 from lightning_split.runtime.errors import SplitConfigError
@@ -73,25 +74,6 @@ def refusal(couplings: Sequence[Coupling], micro_batches: int, when: str = "") -
         "micro-batch have its own batch statistics and random stream, as GPipe does (training then differs from "
         "training on whole batches)."
     )
-
-
-def split_batch(args: Sequence[Any], micro_batches: int) -> list[tuple[Any, ...]]:
-    """Cut ``args`` into at most ``micro_batches`` micro-batches along dimension 0.
-
-    The batch size ``B`` is the first dimension of the first tensor argument; every tensor
-    argument with ``B`` as its first dimension is cut with ``torch.tensor_split`` (the first
-    ``B mod M`` pieces get one sample more), every other argument goes whole to each piece.
-    With fewer samples than ``micro_batches`` there is one micro-batch per sample.
-    """
-    batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
-    if batch is None or batch < 2 or micro_batches < 2:
-        return [tuple(args)]
-    pieces = min(micro_batches, batch)
-    columns = [
-        torch.tensor_split(a, pieces) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch else None
-        for a in args
-    ]
-    return [tuple(arg if column is None else column[i] for arg, column in zip(args, columns)) for i in range(pieces)]
 
 
 @dataclass(eq=False)
