@@ -199,3 +199,17 @@ class DigitsMLP(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class WritesCutInPlace(DigitsMLP):
+    """DigitsMLP whose hidden value is read by ``mul`` and then written in place by ``add_``.
+
+    ``cut="add_"`` keeps ``l1`` and ``add_`` on the device and runs ``mul`` on the server, so
+    the server must get the hidden value as it was before ``add_`` wrote it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l1(torch.flatten(x, 1))
+        doubled = h * 2
+        h.add_(1)
+        return self.head(torch.relu(doubled)) + self.head(h)

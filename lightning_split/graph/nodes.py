@@ -9,6 +9,7 @@ inputs, module, parameters) with what the recording run measured (:class:`NodeRe
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,9 +18,24 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-__all__ = ["COST_OPS", "NodeInfo", "NodeRecord", "node_infos", "node_module_path", "readable_target"]
+__all__ = [
+    "COST_OPS",
+    "IN_PLACE_OPERATORS",
+    "NodeInfo",
+    "NodeRecord",
+    "is_in_place",
+    "node_infos",
+    "node_module_path",
+    "readable_target",
+]
 
 COST_OPS = ("placeholder", "call_module", "call_function", "call_method")
+
+#: The augmented assignments (``x += y`` and the like), in place on tensors.
+IN_PLACE_OPERATORS = frozenset({
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
+})  # fmt: skip
 
 
 @dataclass
@@ -156,3 +172,36 @@ def readable_target(node: fx.Node) -> str:
         module = getattr(target, "__module__", None) or ""
         name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or type(target).__name__
         return f"{module}.{name}" if module else str(name)
+
+
+def is_in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` writes its first argument in place, by name or flag.
+
+    ``x.add_()``, ``torch.relu_``, ``x += y`` (``operator.iadd``), ``F.relu(x, inplace=True)``,
+    ``nn.ReLU(inplace=True)``, an export's mutable ``aten.silu_``. Mutations through a view of
+    the argument are not seen.
+    """
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.startswith("__")
+    if node.op == "call_function":
+        if isinstance(node.target, torch._ops.OpOverload):  # ATen ops of an export: ``aten.silu_.default``
+            return node.target.overloadpacket.__name__.endswith("_") and node.target._schema.is_mutable
+        if node.target in IN_PLACE_OPERATORS:
+            return True
+        name = getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.startswith("__"):
+            return True
+        if "inplace" in node.kwargs:
+            return node.kwargs["inplace"] is True
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        return bound.arguments.get("inplace") is True
+    if node.op == "call_module":
+        sub = gm.get_submodule(str(node.target))
+        return type(sub).__module__.startswith("torch.nn") and getattr(sub, "inplace", False) is True
+    return False

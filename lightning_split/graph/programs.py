@@ -28,7 +28,7 @@ import torch
 from torch import fx, nn
 
 from lightning_split.graph.exporting import CONSTANTS
-from lightning_split.graph.nodes import COST_OPS, node_module_path
+from lightning_split.graph.nodes import COST_OPS, is_in_place, node_module_path
 from lightning_split.graph.readers import with_metadata_nodes
 from lightning_split.graph.structure import RETURNED
 
@@ -240,8 +240,30 @@ def device_program(gm: fx.GraphModule, spec: SplitSpec) -> fx.GraphModule:
     _copy_nodes(gm, graph, device, env)
     by_name = {node.name: node for node in gm.graph.nodes}
     returned = [by_name[name] for name in device_outputs(gm, spec)]
-    graph.output(tuple(env[by_name[name]] for name in spec.cut) + tuple(env[node] for node in returned))
+    cut = [_snapshot_if_mutated(gm, graph, by_name[name], env, device) for name in spec.cut]
+    graph.output(tuple(cut) + tuple(env[node] for node in returned))
     return _finish(gm, graph, "DeviceProgram")
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of a tensor (autograd flows through it), other values as they are."""
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _snapshot_if_mutated(
+    gm: fx.GraphModule, graph: fx.Graph, node: fx.Node, env: dict[fx.Node, fx.Node], device: set[str]
+) -> fx.Node:
+    """The value of cut ``node`` to send: a copy taken right after it when a later device node writes it in place.
+
+    Server nodes read the value as it was when computed (``h * 2`` before ``h.add_(1)``), but
+    the device program returns its cut values when it ends, after every device node ran: an
+    in-place write on the device would reach the server otherwise.
+    """
+    copied = env[node]
+    if not any(user.name in device and user.args[0] is node and is_in_place(gm, user) for user in node.users):
+        return copied
+    with graph.inserting_after(copied):
+        return graph.call_function(snapshot, (copied,))
 
 
 def device_outputs(gm: fx.GraphModule, spec: SplitSpec) -> tuple[str, ...]:

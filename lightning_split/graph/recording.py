@@ -11,7 +11,6 @@ explicit edges of the graph.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_split.graph.errors import TraceError, one_line
 from lightning_split.graph.metadata import describe
-from lightning_split.graph.nodes import COST_OPS, NodeRecord
+from lightning_split.graph.nodes import COST_OPS, NodeRecord, is_in_place
 
 __all__ = ["PreservedState", "record", "thread_in_place_ops"]
 
@@ -76,7 +75,7 @@ def thread_in_place_ops(gm: fx.GraphModule, records: dict[str, NodeRecord]) -> b
     changed = False
     for node in list(gm.graph.nodes):
         entry = records.get(node.name)
-        if entry is None or not entry.returns_first_arg or not _is_in_place(gm, node):
+        if entry is None or not entry.returns_first_arg or not is_in_place(gm, node):
             continue
         mutated = node.args[0]
         for user in list(mutated.users):
@@ -84,32 +83,6 @@ def thread_in_place_ops(gm: fx.GraphModule, records: dict[str, NodeRecord]) -> b
                 user.replace_input_with(mutated, node)
                 changed = True
     return changed
-
-
-def _is_in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether ``node`` is an in-place op by name: ``x.add_()``, ``torch.relu_``, ``inplace=True``."""
-    if not node.args or not isinstance(node.args[0], fx.Node):
-        return False
-    if node.op == "call_method":
-        name = str(node.target)
-        return name.endswith("_") and not name.startswith("__")
-    if node.op == "call_function":
-        if isinstance(node.target, torch._ops.OpOverload):  # ATen ops of an export: ``aten.silu_.default``
-            return node.target.overloadpacket.__name__.endswith("_") and node.target._schema.is_mutable
-        name = getattr(node.target, "__name__", "")
-        if name.endswith("_") and not name.startswith("__"):
-            return True
-        if "inplace" in node.kwargs:
-            return node.kwargs["inplace"] is True
-        try:
-            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return False
-        return bound.arguments.get("inplace") is True
-    if node.op == "call_module":
-        sub = gm.get_submodule(str(node.target))
-        return type(sub).__module__.startswith("torch.nn") and getattr(sub, "inplace", False) is True
-    return False
 
 
 class PreservedState:

@@ -114,3 +114,26 @@ def test_device_keeps_only_the_prefix_during_training():
     trainer(SplitStrategy(cut="b"), max_steps=2, callbacks=[Probe()]).fit(model, loader(64))
     assert seen == {"head": 0, "mix": 0, "stem": 8 * 1 * 3 * 3}
     assert model.head.weight.shape == (10, 512), "the server's weights come back at the end of fit"
+
+
+@pytest.mark.parametrize("micro_batches", [1, 4])
+@pytest.mark.parametrize("where", ["embedded", "serve"])
+def test_a_cut_value_written_in_place_on_the_device_reaches_the_server_as_it_was(where, micro_batches):
+    from tests.helpers import ServeProcess
+    from tests.models import WritesCutInPlace
+
+    torch.manual_seed(0)
+    local = WritesCutInPlace()
+    split = copy.deepcopy(local)
+    torch.manual_seed(1)
+    trainer(max_steps=8).fit(local, loader())
+    server = ServeProcess("--model", "tests.models:WritesCutInPlace") if where == "serve" else None
+    try:
+        strategy = SplitStrategy(server=server.url if server else None, cut="add_", micro_batches=micro_batches)
+        torch.manual_seed(1)
+        trainer(strategy, max_steps=8).fit(split, loader())
+    finally:
+        if server is not None:
+            server.stop()
+    assert strategy.plan.spec.cut == ("l1", "add_") and "mul" in strategy.plan.spec.server_nodes
+    assert_same_parameters(local, split)
