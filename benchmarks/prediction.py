@@ -686,6 +686,28 @@ def _machine_info() -> dict[str, Any]:
 # The benchmark
 
 
+def device_only_spread(
+    runs: list[dict[str, Any]], forced: list[dict[str, Any]], pipelined: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """How far apart the fits that ran everything on the device came out: the same work each time.
+
+    Their medians differ only by the machine's noise between fits (other tenants, memory layout),
+    which bounds how close any prediction can be.
+    """
+    medians = [row["measured"]["median_step_s"] for row in runs if row["chosen"]["label"] == "device only"]
+    medians += [row["measured"]["median_step_s"] for row in (*forced, *pipelined) if row["label"] == "device only"]
+    if not medians:
+        return {"fits": 0, "medians_s": []}
+    middle = statistics.median(medians)
+    return {
+        "fits": len(medians),
+        "medians_s": medians,
+        "min_s": min(medians),
+        "max_s": max(medians),
+        "spread": (max(medians) - min(medians)) / middle,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small conv net, two bandwidths, few steps")
@@ -910,6 +932,7 @@ def main(argv: list[str] | None = None) -> int:
             "auto_vs_local": {r["bandwidth"]: r["measured"]["median_step_s"] / local["median_step_s"] for r in runs},
         },
     }
+    report["summary"]["device_only_fits"] = device_only_spread(runs, forced_rows, pipelined_rows)
     out.write_text(json.dumps(report, indent=2) + "\n")
     chart(report, chart_path)
 
@@ -925,6 +948,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\nwithin {TOLERANCE:.0%} of the prediction: {', '.join(within) or 'none'} of {len(runs)}; "
         f"placement = best for the measured link: {report['summary']['chosen_is_best_for_measured_link']}"
     )
+    spread = report["summary"]["device_only_fits"]
+    if spread["fits"] > 1:
+        print(
+            f"the same work, device only, in {spread['fits']} fits of this run: median {spread['min_s'] * 1e3:.1f} to "
+            f"{spread['max_s'] * 1e3:.1f} ms ({spread['spread']:.0%} of the middle one): the noise floor of 'error'"
+        )
     print(
         f"start-up at {cold_bandwidth}: cold cache {cold_startup['first_step_end_s']:.2f} s to the first step's end "
         f"(profiling {cold_startup['profile_s']:.2f} s), cached {cached_startup['first_step_end_s']:.2f} s "

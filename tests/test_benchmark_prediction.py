@@ -72,6 +72,13 @@ def test_prediction_benchmark_quick(tmp_path):
     assert split["bytes_up"] >= 32 * 3 * 32 * 32 * 4  # the input batch went up
     assert 0 < split["server_compute_s"] < split["remote_s"] < forced["measured"]["median_step_s"]
 
+    # the noise floor: every device-only fit of the run (the same work), none other
+    spread = report["summary"]["device_only_fits"]
+    device_only = [r["measured"]["median_step_s"] for r in report["runs"] if r["chosen"]["label"] == "device only"]
+    assert spread["medians_s"] == device_only and spread["fits"] == len(device_only)
+    if device_only:
+        assert spread["min_s"] == min(device_only) and spread["max_s"] == max(device_only)
+
     startup = report["startup"]
     assert startup["cold"]["device_costs"].startswith("measured") and startup["cold"]["server_costs"].startswith(
         "measured"
