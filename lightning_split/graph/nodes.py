@@ -20,7 +20,6 @@ from torch import fx, nn
 
 __all__ = [
     "COST_OPS",
-    "IN_PLACE_OPERATORS",
     "NodeInfo",
     "NodeRecord",
     "is_in_place",
@@ -30,12 +29,6 @@ __all__ = [
 ]
 
 COST_OPS = ("placeholder", "call_module", "call_function", "call_method")
-
-#: The augmented assignments (``x += y`` and the like), in place on tensors.
-IN_PLACE_OPERATORS = frozenset({
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
-    operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
-})  # fmt: skip
 
 
 @dataclass
@@ -177,9 +170,9 @@ def readable_target(node: fx.Node) -> str:
 def is_in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node`` writes its first argument in place, by name or flag.
 
-    ``x.add_()``, ``torch.relu_``, ``x += y`` (``operator.iadd``), ``F.relu(x, inplace=True)``,
-    ``nn.ReLU(inplace=True)``, an export's mutable ``aten.silu_``. Mutations through a view of
-    the argument are not seen.
+    ``x.add_()``, ``torch.relu_``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``, an
+    export's mutable ``aten.silu_``. (fx traces ``x += y`` as ``x + y``.) Mutations through a
+    view of the argument are not seen.
     """
     if not node.args or not isinstance(node.args[0], fx.Node):
         return False
@@ -189,8 +182,6 @@ def is_in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
         if isinstance(node.target, torch._ops.OpOverload):  # ATen ops of an export: ``aten.silu_.default``
             return node.target.overloadpacket.__name__.endswith("_") and node.target._schema.is_mutable
-        if node.target in IN_PLACE_OPERATORS:
-            return True
         name = getattr(node.target, "__name__", "")
         if name.endswith("_") and not name.startswith("__"):
             return True

@@ -260,7 +260,7 @@ def _snapshot_if_mutated(
     in-place write on the device would reach the server otherwise.
     """
     copied = env[node]
-    if not any(user.name in device and user.args[0] is node and is_in_place(gm, user) for user in node.users):
+    if not any(user.name in device and is_in_place(gm, user) and user.args[0] is node for user in node.users):
         return copied
     with graph.inserting_after(copied):
         return graph.call_function(snapshot, (copied,))

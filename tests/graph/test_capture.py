@@ -572,3 +572,28 @@ def test_torchvision_zoo_traces_and_estimates(name, kwargs, size, min_nodes):
     assert math.isclose(sum(info.flops for info in traced.nodes), whole, rel_tol=0.10)
     output = traced.node(traced.outputs[0])
     assert output.out_meta == ("tensor", (1, 1000), "torch.float32")
+
+
+def test_the_device_program_sends_a_cut_value_as_it_was_before_a_device_node_wrote_it():
+    from lightning_split.graph.programs import device_program, make_spec
+
+    class WritesAfterRead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            doubled = torch.relu(h) * 2
+            kept = torch.sigmoid(input=h)  # a device node with no positional arguments
+            h.add_(1)
+            return doubled, kept, h
+
+    model = WritesAfterRead()
+    x = torch.randn(3, 4)
+    traced = trace_module(model, (x,))
+    gm = traced.graph_module
+    spec = make_spec(gm, ["relu", "mul"])
+    assert spec.cut == ("fc",) and "add_" not in spec.server_nodes
+    cut_value = device_program(gm, spec)(x)[0]
+    torch.testing.assert_close(cut_value, model.fc(x))  # not fc(x) + 1
