@@ -54,3 +54,17 @@ def test_planner_benchmark_quick(tmp_path):
     for name in ("planner_growth.png", "planner_speedup.png"):
         chart = tmp_path / name
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size < 150_000
+
+
+def test_noise_benchmark_writes_each_fit_and_their_spread(tmp_path):
+    out = tmp_path / "noise.json"
+    command = ["benchmarks/noise.py", "--fits", "3", "--steps", "3", "--warmup", "1", "--cpu", "-1", "--out", str(out)]
+    proc = run_python(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 fits of the same ResNet-18 step" in proc.stdout
+
+    report = json.loads(out.read_text())
+    medians = report["medians_s"]
+    assert report["benchmark"] == "noise" and len(medians) == 3 and min(medians) > 0
+    assert report["spread"] == (max(medians) - min(medians)) / sorted(medians)[1]
+    assert report["machine"]["torch"]
