@@ -73,12 +73,14 @@ class NodeRecord:
     Attributes:
         out_bytes, out_meta, flops: as in :class:`NodeInfo`.
         returns_first_arg: the output is the very object passed as first argument (an in-place op).
+        views_first_arg: the output is another tensor over the first argument's memory (a view).
     """
 
     out_bytes: int
     out_meta: Any
     flops: int
     returns_first_arg: bool = False
+    views_first_arg: bool = False
 
 
 def node_infos(gm: fx.GraphModule, records: Mapping[str, NodeRecord]) -> list[NodeInfo]:

@@ -11,6 +11,7 @@ explicit edges of the graph.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from lightning_split.graph.errors import TraceError, one_line
 from lightning_split.graph.metadata import describe
 from lightning_split.graph.nodes import COST_OPS, NodeRecord, is_in_place
 
-__all__ = ["PreservedState", "record", "thread_in_place_ops"]
+__all__ = ["InPlaceViewWarning", "PreservedState", "record", "thread_in_place_ops"]
 
 
 class _Recorder(fx.Interpreter):
@@ -47,9 +48,16 @@ class _Recorder(fx.Interpreter):
         meta, size = describe(result)
         flops = int(self.counter.get_total_flops() - before)
         first = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
-        same = isinstance(result, torch.Tensor) and first is not None and self.env.get(first) is result
-        self.records[n.name] = NodeRecord(size, meta, flops, same)
+        source = self.env.get(first) if first is not None else None
+        same = isinstance(result, torch.Tensor) and source is result
+        self.records[n.name] = NodeRecord(size, meta, flops, same, not same and _shares_memory(result, source))
         return result
+
+
+def _shares_memory(result: Any, source: Any) -> bool:
+    if not (isinstance(result, torch.Tensor) and isinstance(source, torch.Tensor)) or source.numel() == 0:
+        return False
+    return result.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
 
 
 def record(module: nn.Module, gm: fx.GraphModule, inputs: list[Any]) -> dict[str, NodeRecord]:
@@ -69,7 +77,9 @@ def thread_in_place_ops(gm: fx.GraphModule, records: dict[str, NodeRecord]) -> b
     that read the mutated tensor. The in-place node returns the same tensor object (checked
     in the recording run), so redirecting every later use of the mutated value to it keeps
     the computation and adds the missing edges. Mutations through a view (``x.view(...).add_``)
-    are not tracked. Returns whether the graph changed.
+    are not tracked
+    (:class:`InPlaceViewWarning` names them where something else reads the value). Returns whether
+    the graph changed.
     """
     order = {node: index for index, node in enumerate(gm.graph.nodes)}
     changed = False
@@ -78,11 +88,42 @@ def thread_in_place_ops(gm: fx.GraphModule, records: dict[str, NodeRecord]) -> b
         if entry is None or not entry.returns_first_arg or not is_in_place(gm, node):
             continue
         mutated = node.args[0]
+        _warn_if_through_a_view(node, mutated, records)
         for user in list(mutated.users):
             if user is not node and order[user] > order[node]:
                 user.replace_input_with(mutated, node)
                 changed = True
     return changed
+
+
+def _warn_if_through_a_view(node: fx.Node, mutated: fx.Node, records: dict[str, NodeRecord]) -> None:
+    """Warn when ``node`` writes a view of a value that something else reads: that write is not data flow.
+
+    A chain of views that nothing else reads (``fc(x).view(...)`` then ``relu_``) is harmless: the
+    readers of the written view are threaded like any in-place write.
+    """
+    view, base = mutated, None
+    while (entry := records.get(view.name)) is not None and entry.views_first_arg:
+        source = view.args[0]
+        assert isinstance(source, fx.Node)  # a view of the first argument
+        if len(source.users) > 1:
+            base = source
+            break
+        view = source
+    if base is None:
+        return
+    warnings.warn(
+        f"node {node.name!r} writes {mutated.name!r}, a view of {base.name!r}, in place: lightning-split does not "
+        f"follow writes through views, so a cut between {base.name!r}, its readers and {node.name!r} can make "
+        "split training differ from local training. Write it out of place (e.g. torch.where or index_put on a "
+        f"copy), or pin {base.name!r}, {node.name!r} and the readers of {base.name!r} to one side",
+        InPlaceViewWarning,
+        stacklevel=2,
+    )
+
+
+class InPlaceViewWarning(UserWarning):
+    """A model writes a view of a value in place: the cost graph cannot see which readers see the write."""
 
 
 class PreservedState:

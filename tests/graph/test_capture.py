@@ -597,3 +597,27 @@ def test_the_device_program_sends_a_cut_value_as_it_was_before_a_device_node_wro
     assert spec.cut == ("fc",) and "add_" not in spec.server_nodes
     cut_value = device_program(gm, spec)(x)[0]
     torch.testing.assert_close(cut_value, model.fc(x))  # not fc(x) + 1
+
+
+class WritesAView(nn.Module):
+    def __init__(self, others_read_it: bool):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.others_read_it = others_read_it
+
+    def forward(self, x):
+        h = self.fc(x)
+        doubled = h * 2 if self.others_read_it else x
+        view = h.view(3, 2, 2)[:, 0]
+        F.relu(view, inplace=True)
+        return doubled, view
+
+
+def test_a_write_through_a_view_that_others_read_is_named_in_a_warning():
+    from lightning_split.graph.recording import InPlaceViewWarning
+
+    with pytest.warns(InPlaceViewWarning, match=r"node 'relu' writes 'getitem', a view of 'fc'.*out of place.*pin"):
+        trace_module(WritesAView(others_read_it=True), (torch.randn(3, 4),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InPlaceViewWarning)  # only the chain of views reads fc: nothing to warn of
+        trace_module(WritesAView(others_read_it=False), (torch.randn(3, 4),))
