@@ -57,7 +57,10 @@ class _Recorder(fx.Interpreter):
 def _shares_memory(result: Any, source: Any) -> bool:
     if not (isinstance(result, torch.Tensor) and isinstance(source, torch.Tensor)) or source.numel() == 0:
         return False
-    return result.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    try:
+        return result.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # sparse and other layouts without one storage
+        return False
 
 
 def record(module: nn.Module, gm: fx.GraphModule, inputs: list[Any]) -> dict[str, NodeRecord]:
@@ -77,9 +80,8 @@ def thread_in_place_ops(gm: fx.GraphModule, records: dict[str, NodeRecord]) -> b
     that read the mutated tensor. The in-place node returns the same tensor object (checked
     in the recording run), so redirecting every later use of the mutated value to it keeps
     the computation and adds the missing edges. Mutations through a view (``x.view(...).add_``)
-    are not tracked
-    (:class:`InPlaceViewWarning` names them where something else reads the value). Returns whether
-    the graph changed.
+    are not tracked; :class:`InPlaceViewWarning` names them where something else reads the
+    value. Returns whether the graph changed.
     """
     order = {node: index for index, node in enumerate(gm.graph.nodes)}
     changed = False
