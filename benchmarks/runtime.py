@@ -243,21 +243,20 @@ def main(argv: list[str] | None = None) -> int:
     url = server.url
     print(f"server process pid {server.proc.pid} at {url}", flush=True)
 
-    models = {name: model_cls for name in ("local", "split-serve", "split-embedded")}
-    configs: dict[str, Any] = {
-        "local": lambda: None,
-        "split-serve": lambda: SplitStrategy(server=url, cut=cut, model=MODEL_PATH),
+    # each config: the LightningModule class and a function making its strategy (None: local training)
+    configs: dict[str, tuple[type, Any]] = {
+        "local": (model_cls, lambda: None),
+        "split-serve": (model_cls, lambda: SplitStrategy(server=url, cut=cut, model=MODEL_PATH)),
     }
     if not args.no_embedded:
-        configs["split-embedded"] = lambda: SplitStrategy(server=None, cut=cut)
+        configs["split-embedded"] = (model_cls, lambda: SplitStrategy(server=None, cut=cut))
     if not args.no_embedded and args.micro_batches > 1:
-        pipelined, local_pieces = f"split-embedded-m{args.micro_batches}", f"local-m{args.micro_batches}"
-        configs[pipelined] = lambda: SplitStrategy(
-            server=None, cut=cut, micro_batches=args.micro_batches, micro_batch_statistics=True
+        m = args.micro_batches
+        configs[f"split-embedded-m{m}"] = (
+            model_cls,
+            lambda: SplitStrategy(server=None, cut=cut, micro_batches=m, micro_batch_statistics=True),
         )
-        configs[local_pieces] = lambda: None
-        models[pipelined] = model_cls
-        models[local_pieces] = type("MicroBatched", (MicroBatchedResNet18,), {"micro_batches": args.micro_batches})
+        configs[f"local-m{m}"] = (type("MicroBatched", (MicroBatchedResNet18,), {"micro_batches": m}), lambda: None)
     results = {name: Result(name) for name in configs}
     started = time.perf_counter()
     try:
@@ -265,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                timer, strategy = _fit(models[name], configs[name](), args.warmup + per_fit, args.batch)
+                model, make_strategy = configs[name]
+                timer, strategy = _fit(model, make_strategy(), args.warmup + per_fit, args.batch)
                 res = results[name]
                 res.times += timer.times[args.warmup :]
                 res.traffic += timer.traffic[args.warmup :]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lightning_split import SplitStrategy
-from tests.helpers import assert_same_parameters, fit_pair, trainer
-from tests.models import DagNet, loader
+from tests.helpers import ServeProcess, assert_same_parameters, fit_pair, trainer
+from tests.models import DagNet, WritesCutInPlace, loader
 
 CASES = {
     "sgd_momentum": ({"optimizer": "sgd", "momentum": 0.9}, {}),
@@ -119,9 +119,6 @@ def test_device_keeps_only_the_prefix_during_training():
 @pytest.mark.parametrize("micro_batches", [1, 4])
 @pytest.mark.parametrize("where", ["embedded", "serve"])
 def test_a_cut_value_written_in_place_on_the_device_reaches_the_server_as_it_was(where, micro_batches):
-    from tests.helpers import ServeProcess
-    from tests.models import WritesCutInPlace
-
     torch.manual_seed(0)
     local = WritesCutInPlace()
     split = copy.deepcopy(local)
